@@ -1,0 +1,35 @@
+"""Benchmarks with verifiable answers. `get_task(name)` builds one by name."""
+
+from __future__ import annotations
+
+from riselm.tasks.base import Problem, Score, Task
+
+
+def _registry() -> dict[str, type[Task]]:
+    # Imported here so that `import riselm.tasks` stays cheap and a task module can import base.
+    from riselm.tasks.arithmetic import ArithmeticTask
+    from riselm.tasks.gsm8k import GSM8KTask
+    from riselm.tasks.math import MathTask
+
+    tasks: dict[str, type[Task]] = {t.name: t for t in (GSM8KTask, MathTask, ArithmeticTask)}
+    try:
+        from riselm.tasks.code import CODE_TASKS
+    except ImportError:  # code tasks not built yet
+        CODE_TASKS = ()
+    tasks.update({t.name: t for t in CODE_TASKS})
+    return tasks
+
+
+def task_names() -> list[str]:
+    return sorted(_registry())
+
+
+def get_task(name: str, **options) -> Task:
+    """The task called `name`, built with `options` (e.g. unparsable_reward=-1.0)."""
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(registry))}")
+    return registry[name](**options)
+
+
+__all__ = ["Problem", "Score", "Task", "get_task", "task_names"]

@@ -1,0 +1,148 @@
+"""The Task interface: a benchmark's data, its prompt, its answer checking and its reward.
+
+One `Task.score` serves collection, training weights and evaluation, so the three can never disagree
+about what counts as correct. A task knows nothing about models or backends.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from riselm.jsonl import DataError, read_json_or_jsonl
+
+DEFAULT_INSTRUCTION = "Solve the following problem step by step. Put your final answer within \\boxed{}."
+# RISE's generic feedback: says the answer was wrong, never what the right one is, and restates the
+# question (as the reference code does) so that a sliding context window still shows it.
+DEFAULT_RETRY = "Your answer is incorrect. Please try again. Here's the question: {question}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # unique within the task's split, stable across runs (used to resume and to join results)
+    question: str  # the problem as shown to the model, without the instruction
+    answer: str  # the gold final answer (canonical text, e.g. "1600" or "\\frac{1}{2}")
+    solution: str | None = None  # a worked gold solution ending in \boxed{answer}, for boosting
+    meta: dict[str, Any] = field(default_factory=dict)  # task-specific extras (tests, level, subject…)
+
+
+@dataclass(frozen=True)
+class Score:
+    pred: str | None  # the extracted final answer, None when the response has none
+    reward: float  # 1.0 correct, 0.0 wrong, `unparsable_reward` when there is no final answer
+    feedback: str | None = None  # task-specific detail on a failure (e.g. a failing test), never the gold
+
+    @property
+    def correct(self) -> bool:
+        return self.reward >= 1.0
+
+
+class Task(ABC):
+    """A benchmark with verifiable answers.
+
+    Subclasses set `name`, `splits` and `row_fields` and implement `problem_from_row`,
+    `extract_answer` and `is_correct`; file-backed tasks also set `files`.
+    """
+
+    name: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]]
+    default_split: ClassVar[str] = "test"
+    row_fields: ClassVar[tuple[str, ...]]  # the fields of one row of the task's own files
+    files: ClassVar[dict[str, str]] = {}  # split -> file shipped under riselm/data/
+    instruction: str = DEFAULT_INSTRUCTION
+    retry_template: str = DEFAULT_RETRY
+
+    def __init__(self, unparsable_reward: float = 0.0, retry_template: str | None = None):
+        self.unparsable_reward = unparsable_reward
+        if retry_template is not None:
+            self.retry_template = retry_template
+
+    # ---- data -------------------------------------------------------------------------------
+    def load(self, split: str | None = None, data: str | Path | None = None, limit: int | None = None) -> list[Problem]:
+        """Problems of a shipped split, of a user's own JSON/JSONL file (`data`), or of a hub dataset id."""
+        split = split or self.default_split
+        if data is not None:
+            rows, source = self._rows_from_user_source(data, split)
+        else:
+            rows, source = self._rows_from_shipped(split), f"riselm/data/{self.files.get(split, '')}"
+        if limit is not None:
+            rows = rows[:limit]
+        return [self._problem(row, i, split, source) for i, row in enumerate(rows)]
+
+    def _problem(self, row: dict, index: int, split: str, source: str) -> Problem:
+        missing = [k for k in self.row_fields if k not in row]
+        if missing:
+            raise DataError(
+                f"{source}:{index + 1}: missing field(s) {', '.join(map(repr, missing))}; "
+                f"a {self.name} row holds {', '.join(map(repr, self.row_fields))}"
+            )
+        try:
+            return self.problem_from_row(row, default_id=f"{split}-{index}")
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{source}:{index + 1}: not a valid {self.name} row: {e}") from None
+
+    def _rows_from_shipped(self, split: str) -> list[dict]:
+        if split not in self.splits:
+            raise ValueError(f"task {self.name!r} has no split {split!r}; known splits: {', '.join(self.splits)}")
+        resource = importlib.resources.files("riselm") / "data" / self.files[split]
+        with importlib.resources.as_file(resource) as path:
+            return read_json_or_jsonl(path)
+
+    def _rows_from_user_source(self, data: str | Path, split: str) -> tuple[list[dict], str]:
+        path = Path(data)
+        if path.exists():
+            return read_json_or_jsonl(path), str(path)
+        if isinstance(data, str) and "/" in data and not data.startswith((".", "/")):
+            return _rows_from_hub(data, split), f"hub:{data}[{split}]"
+        raise DataError(f"{data}: no such file (and not a hub dataset id of the form 'owner/name')")
+
+    @abstractmethod
+    def problem_from_row(self, row: dict, default_id: str) -> Problem:
+        """Build a Problem from one row of the task's own file format."""
+
+    # ---- prompting --------------------------------------------------------------------------
+    def prompt(self, problem: Problem) -> str:
+        """The first user message."""
+        return f"{self.instruction}\n\n{problem.question}"
+
+    def retry_message(self, problem: Problem, last: Score | None = None) -> str:
+        """The user message after an attempt. Generic: it never reveals the answer."""
+        return self.retry_template.format(question=problem.question)
+
+    # ---- checking ---------------------------------------------------------------------------
+    @abstractmethod
+    def extract_answer(self, response: str) -> str | None:
+        """The final answer in a model response, or None when it has none. Never raises."""
+
+    @abstractmethod
+    def is_correct(self, pred: str, problem: Problem) -> bool:
+        """Whether an extracted answer is right for the problem."""
+
+    def same_answer(self, a: str, b: str) -> bool:
+        """Whether two extracted answers are equivalent (groups answers for majority voting)."""
+        return a.strip() == b.strip()
+
+    def score(self, problem: Problem, response: str) -> Score:
+        """Extract and check a response: the one reward used by collection, training and evaluation."""
+        pred = self.extract_answer(response)
+        if pred is None:
+            return Score(pred=None, reward=self.unparsable_reward)
+        return Score(pred=pred, reward=1.0 if self.is_correct(pred, problem) else 0.0)
+
+    def reward(self, problem: Problem, response: str) -> float:
+        return self.score(problem, response).reward
+
+
+def _rows_from_hub(dataset_id: str, split: str) -> list[dict]:
+    """Load a hub dataset through `datasets` (needs a reachable hub; `owner/name` or `owner/name:config`)."""
+    import datasets
+
+    name, _, config = dataset_id.partition(":")
+    try:
+        ds = datasets.load_dataset(name, config or None, split=split)
+    except Exception as e:  # offline, unknown id, no such split: say which and why
+        raise DataError(f"hub dataset {dataset_id!r} split {split!r} could not be loaded: {e}") from e
+    return [dict(row) for row in ds]
