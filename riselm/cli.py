@@ -1,0 +1,126 @@
+"""The `riselm` command. Thin: each command parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="riselm",
+    help="RISE: teach language models to improve their own answers over turns.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _run(fn, *args, **kwargs):
+    """Call a library function; turn user errors (bad data, unknown names) into a clean message and exit 2."""
+    from riselm.generation.errors import BackendUnavailable
+    from riselm.jsonl import DataError
+
+    try:
+        return fn(*args, **kwargs)
+    except (DataError, BackendUnavailable, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the known tasks and their splits."""
+    from riselm.tasks import get_task, task_names
+
+    for name in task_names():
+        task = get_task(name)
+        typer.echo(f"{name:12s} splits: {', '.join(task.splits)} (default {task.default_split})")
+
+
+@app.command("score")
+def score_command(
+    file: Path = typer.Argument(..., help="JSONL rows with the task's own fields plus `response`."),
+    task: str = typer.Option(..., "--task", "-t", help="Task name (see `riselm tasks`)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    unparsable_reward: float = typer.Option(0.0, help="Reward of a response without a final answer (the reference uses -1)."),
+) -> None:
+    """Score model responses: every row is written back with `pred` and `reward` added."""
+    from riselm.scoring import score_file
+
+    _run(score_file, task, file, output=output, unparsable_reward=unparsable_reward)
+
+
+@app.command("metrics")
+def metrics_command(
+    file: Path = typer.Argument(..., help="An episodes JSONL file written by `riselm eval` or `riselm collect`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Multi-turn metrics of an episodes file: acc@tK, p1@tk, m1@tk (sequential) or mk@t1, pass@k (parallel)."""
+    from riselm.evaluation.evaluate import metrics_of_file
+
+    metrics = _run(metrics_of_file, file)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        typer.echo(f"{key:18s} {value}")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option("smollm2", "--model", "-m", help="Local dir, hub id, .gguf file, 'smollm2', or a served model name."),
+    task: str = typer.Option("gsm8k", "--task", "-t"),
+    split: Optional[str] = typer.Option(None, help="Task split (default: the task's test split)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    turns: int = typer.Option(5, help="Sequential turns K."),
+    parallel: int = typer.Option(0, help="Also sample k independent first turns (for mk@t1, pass@k)."),
+    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature; 0 for greedy."),
+    top_p: float = typer.Option(1.0),
+    max_new_tokens: int = typer.Option(512),
+    seed: int = typer.Option(0),
+    backend: str = typer.Option("hf", help="hf, vllm or openai."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL (backend openai)."),
+    batch_size: int = typer.Option(16, help="HF backend: sequences generated together."),
+    chunk_size: int = typer.Option(256, help="Problems generated (and saved) together."),
+    out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output directory (re-running resumes)."),
+    unparsable_reward: float = typer.Option(0.0),
+) -> None:
+    """Multi-turn evaluation: episodes, metrics.json, report.md and accuracy.png in --out."""
+    from riselm.evaluation.evaluate import evaluate
+    from riselm.evaluation.runner import EvalSettings
+    from riselm.generation import build_generator
+    from riselm.tasks import get_task
+
+    task_obj = _run(get_task, task, unparsable_reward=unparsable_reward)
+    problems = _run(task_obj.load, split=split, data=data, limit=limit)
+    generator = _run(build_generator, model, backend=backend, base_url=base_url, batch_size=batch_size)
+    settings = EvalSettings(
+        turns=turns,
+        parallel_samples=parallel,
+        window=window,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        chunk_size=chunk_size,
+    )
+    result = _run(evaluate, task_obj, generator, out, settings=settings, problems=problems)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"wrote {out}/ (episodes, metrics.json, report.md, accuracy.png)", err=True)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,70 @@
+"""Evaluation reports: a markdown table and a plot of accuracy against turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def turn_table(sequential: dict[str, Any], parallel: dict[str, Any] | None = None) -> str:
+    """A markdown table with one row per turn k: acc@tk, p1@tk, m1@tk, transitions, and mk@t1 / pass@k when run."""
+    turns = int(sequential.get("turns", 0))
+    has_parallel = bool(parallel) and parallel.get("samples", 0) > 0
+    header = ["k", "acc@tk", "p1@tk", "m1@tk", "wrong→right", "right→wrong"]
+    if has_parallel:
+        header += ["mk@t1", "pass@k"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k in range(1, turns + 1):
+        row = [
+            str(k),
+            f"{sequential[f'acc@t{k}']:.1f}",
+            f"{sequential[f'p1@t{k}']:.1f}",
+            f"{sequential[f'm1@t{k}']:.1f}",
+            str(sequential.get(f"wrong->right@t{k}", "–")),
+            str(sequential.get(f"right->wrong@t{k}", "–")),
+        ]
+        if has_parallel:
+            row += [_fmt(parallel.get(f"m{k}@t1")), _fmt(parallel.get(f"pass@{k}"))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def plot_turn_curves(
+    curves: dict[str, dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    parallel: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Plot p1@tk and m1@tk against k for each named run (and mk@t1 against k as a dashed baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (name, seq) in enumerate(curves.items()):
+        color = f"C{i}"
+        turns = list(range(1, int(seq.get("turns", 0)) + 1))
+        label = f"{name} " if len(curves) > 1 else ""
+        ax.plot(turns, [seq[f"m1@t{k}"] for k in turns], "o-", color=color, label=f"{label}m1@tk (no oracle)")
+        ax.plot(turns, [seq[f"p1@t{k}"] for k in turns], "s:", color=color, alpha=0.7, label=f"{label}p1@tk (oracle)")
+        par = (parallel or {}).get(name)
+        if par and par.get("samples", 0) > 0:
+            ks = [k for k in range(1, int(par["samples"]) + 1)]
+            ax.plot(ks, [par[f"m{k}@t1"] for k in ks], "^--", color=color, alpha=0.6, label=f"{label}mk@t1 (parallel)")
+    ax.set_xlabel("turn k (or samples k for mk@t1)")
+    ax.set_ylabel("accuracy (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
