@@ -87,7 +87,7 @@ class JsonlAppender:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _truncate_partial_last_line(self.path)
+        drop_torn_tail(self.path)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
@@ -105,7 +105,9 @@ class JsonlAppender:
         self.close()
 
 
-def _truncate_partial_last_line(path: Path) -> None:
+def drop_torn_tail(path: str | Path) -> None:
+    """Remove a trailing partial line: the row being written when a run was killed."""
+    path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:

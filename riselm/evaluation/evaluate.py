@@ -106,14 +106,18 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
     plot_turn_curves({model: seq}, out / "accuracy.png", title=title, parallel={model: result.parallel} if result.parallel else None)
 
 
-def metrics_of_file(path: str | Path) -> dict[str, Any]:
-    """Metrics of an episodes JSONL file (sequential, parallel or collection), using each task's equivalence."""
+def metrics_of_file(path: str | Path, task: Task | None = None) -> dict[str, Any]:
+    """Metrics of an episodes JSONL file (sequential, parallel or collection), using the task's equivalence.
+
+    The task is the one named in the episodes unless given.
+    """
     from riselm.evaluation.metrics import episode_metrics
 
     episodes = load_episodes(path)
     tasks = {e.task for e in episodes}
     if len(tasks) > 1:
         raise ValueError(f"{path}: episodes of several tasks {sorted(tasks)}; compute metrics per task")
-    task = get_task(next(iter(tasks))) if tasks else None
+    if task is None and tasks:
+        task = get_task(next(iter(tasks)))
     same = task.same_answer if task else (lambda a, b: a == b)
     return episode_metrics(episodes, same)

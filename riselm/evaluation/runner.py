@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from riselm.generation.base import Generator, SamplingParams
-from riselm.jsonl import JsonlAppender, read_jsonl
+from riselm.jsonl import JsonlAppender, drop_torn_tail, read_jsonl
 from riselm.rollout.episode import Episode, Turn
 from riselm.rollout.scoring import score_responses
 from riselm.tasks.base import Problem, Task
@@ -39,6 +39,7 @@ def load_episodes(path: str | Path) -> list[Episode]:
 def _done_keys(path: Path) -> set[tuple[str, int]]:
     if not path.exists():
         return set()
+    drop_torn_tail(path)  # a row torn by a kill is redone, not an error
     return {(e.id, e.sample) for e in load_episodes(path)}
 
 

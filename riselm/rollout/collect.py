@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from riselm.generation.base import Completion, Generator, SamplingParams
-from riselm.jsonl import JsonlAppender
+from riselm.jsonl import JsonlAppender, drop_torn_tail
 from riselm.progress import progress_bar
 from riselm.rollout.degenerate import is_degenerate
 from riselm.rollout.episode import Episode, Turn
@@ -72,6 +72,7 @@ def collect(
     if not schedule:
         raise ValueError("the improver schedule is empty: give at least the learner for turn 1")
     out_path = Path(out_path)
+    drop_torn_tail(out_path)
     done = {e.id for e in load_episodes(out_path)} if out_path.exists() else set()
     todo = [p for p in problems if p.id not in done]
     with JsonlAppender(out_path) as sink, progress_bar(len(todo), "collect", show_progress) as bar:
