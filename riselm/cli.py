@@ -118,6 +118,97 @@ def eval_command(
     typer.echo(f"wrote {out}/ (episodes, metrics.json, report.md, accuracy.png)", err=True)
 
 
+@app.command("collect")
+def collect_command(
+    model: str = typer.Option(..., "--model", "-m", help="The learner: local dir, hub id, .gguf file or named model."),
+    task: str = typer.Option("gsm8k", "--task", "-t"),
+    split: str = typer.Option("train"),
+    data: Optional[str] = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    schedule: str = typer.Option("learner:1,learner:16", help="Per-turn improvers MODEL:N, the last one repeats."),
+    expert: Optional[str] = typer.Option(None, help="The model named `expert` in --schedule (a model spec or served name)."),
+    expert_backend: str = typer.Option("openai", help="hf, vllm or openai."),
+    expert_base_url: Optional[str] = typer.Option(None, help="The expert's OpenAI-compatible server URL."),
+    max_turns: int = typer.Option(5),
+    temperature: float = typer.Option(1.0),
+    max_new_tokens: int = typer.Option(512),
+    backend: str = typer.Option("hf", help="The learner's backend: hf or vllm."),
+    batch_size: int = typer.Option(16),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("runs/collect"), "--out", "-o", help="Writes OUT/episodes.jsonl (re-running resumes)."),
+) -> None:
+    """RISE data collection: on-policy turns, then best-of-N from the learner or an expert after each wrong turn."""
+    from riselm.config import parse_schedule
+    from riselm.evaluation.metrics import sequential_metrics
+    from riselm.generation import build_generator
+    from riselm.rollout.collect import CollectSettings, ImproverStep, collect
+    from riselm.tasks import get_task
+
+    steps = _run(parse_schedule, schedule)
+    task_obj = _run(get_task, task)
+    problems = _run(task_obj.load, split=split, data=data, limit=limit)
+    generators = {"learner": _run(build_generator, model, backend=backend, batch_size=batch_size)}
+    if any(s.model == "expert" for s in steps):
+        if not expert:
+            _fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
+        generators["expert"] = _run(build_generator, expert, backend=expert_backend, base_url=expert_base_url, batch_size=batch_size)
+    unknown = sorted({s.model for s in steps} - set(generators))
+    if unknown:
+        _fail(f"--schedule names unknown model(s) {unknown}; use `learner` or `expert`")
+    settings = CollectSettings(max_turns=max_turns, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    plan = [ImproverStep(generators[s.model], s.n, source=s.model) for s in steps]
+    episodes = _run(collect, task_obj, plan, problems, settings, out / "episodes.jsonl")
+    metrics = sequential_metrics(episodes, task_obj.same_answer)
+    typer.echo(f"{len(episodes)} episodes in {out / 'episodes.jsonl'}; solved by turn: "
+               + ", ".join(f"t{k} {metrics[f'p1@t{k}']:.1f}%" for k in range(1, int(metrics.get('turns', 0)) + 1)))
+
+
+@app.command("train")
+def train_command(
+    data: Path = typer.Argument(..., help="An episodes JSONL (from collect) or a samples JSONL."),
+    model: str = typer.Option(..., "--model", "-m", help="The model to fine-tune (local dir or hub id)."),
+    out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Checkpoints and OUT/final (re-running resumes)."),
+    tau: float = typer.Option(0.4, help="Sample weight exp(reward / tau)."),
+    filter: str = typer.Option("all", help="all, better, best or success."),
+    dedup: bool = typer.Option(True),
+    option: list[str] = typer.Option([], "--set", help="Training setting KEY=VALUE (see TrainConfig), repeatable."),
+) -> None:
+    """Reward-weighted training on the final turn of each sample (full or LoRA; accelerate-launchable)."""
+    from riselm.config import apply_overrides
+    from riselm.training.config import TrainConfig
+    from riselm.training.trainer import train_from_file
+
+    config = _run(lambda: TrainConfig.model_validate(apply_overrides({}, option)))
+    final = _run(train_from_file, data, model, out, config, tau=tau, filter=filter, dedup=dedup)
+    typer.echo(f"trained model in {final}")
+
+
+@app.command("run")
+def run_command(
+    config: Path = typer.Argument(..., help="A run config YAML (see configs/)."),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. iterations=3 train.learning_rate=2e-5."),
+) -> None:
+    """The RISE loop: optional boost, then iterations of collect -> samples -> train -> evaluate. Resumable."""
+    from riselm.config import load_config
+    from riselm.pipeline import run_pipeline
+
+    cfg = _run(load_config, config, overrides or [])
+    _run(run_pipeline, cfg)
+    typer.echo((Path(cfg.out) / "summary.md").read_text())
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="The run directory (re-running resumes)."),
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the demo config."),
+) -> None:
+    """The embedded default: the whole RISE loop on the synthetic task with a tiny model, on CPU, in minutes."""
+    from riselm.demo import run_demo
+
+    _run(run_demo, out, overrides or [])
+    typer.echo((out / "summary.md").read_text())
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -128,6 +128,20 @@ class ConfigError(ValueError):
     """A configuration file or override that is not valid; the message says which key and why."""
 
 
+def parse_schedule(text: str) -> list[ScheduleStep]:
+    """'learner:1,learner:16' -> one ScheduleStep per turn (the last repeats for later turns)."""
+    steps = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        model, _, n = part.partition(":")
+        try:
+            steps.append(ScheduleStep(model=model, n=int(n or 1)))
+        except (ValueError, ValidationError):
+            raise ConfigError(f"schedule entry {part!r}: expected MODEL:N with N >= 1, e.g. learner:16") from None
+    if not steps:
+        raise ConfigError(f"schedule {text!r} is empty: expected e.g. learner:1,learner:16")
+    return steps
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.learning_rate=2e-5' -> (['train', 'learning_rate'], 2e-5); values are read as YAML."""
     key, sep, value = text.partition("=")

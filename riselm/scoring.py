@@ -1,0 +1,53 @@
+"""Score responses from anywhere with a task's reward: `riselm score --task NAME FILE.jsonl`.
+
+Each input row holds the task's own fields (as in its shipped files, e.g. `question` and `answer` for
+GSM8K) plus `response`, the text to score. Every row comes back unchanged, in order, with `pred` (the
+extracted final answer, or null) and `reward` added, and `feedback` where the task gives one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from riselm.jsonl import DataError, iter_jsonl, write_jsonl
+from riselm.tasks import Task, get_task
+
+
+def score_rows(task: Task, rows: Iterable[dict[str, Any]], source: str = "<rows>") -> list[dict[str, Any]]:
+    """The rows with `pred` and `reward` added; `source` names them in errors ("<source>:<row number>")."""
+    return [_score_row(task, row, source, number) for number, row in enumerate(rows, start=1)]
+
+
+def score_file(task_name: str, path: str | Path, output: str | Path | None = None, **task_options) -> list[dict]:
+    """Score every row of a JSONL file and write them to `output` (stdout when None); returns the rows.
+
+    The whole input is read and checked before anything is written, so a malformed row leaves no
+    half-written output, and `output` may be the input file itself.
+    """
+    task = get_task(task_name, **task_options)
+    required = (*task.row_fields, "response")
+    scored = [_score_row(task, row, str(path), lineno) for lineno, row in iter_jsonl(path, required)]
+    if output is None:
+        for row in scored:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+    else:
+        write_jsonl(output, scored)
+    return scored
+
+
+def _score_row(task: Task, row: dict[str, Any], source: str, lineno: int) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    if not isinstance(row.get("response"), str):
+        raise DataError(f"{source}:{lineno}: expected 'response' holding the text to score as a string")
+    # The task's own row check: missing fields and invalid rows raise DataError naming source:lineno.
+    problem = task._problem(row, lineno - 1, "score", source)
+    score = task.score(problem, row["response"])
+    scored = {**row, "pred": score.pred, "reward": score.reward}
+    if score.feedback is not None:
+        scored["feedback"] = score.feedback
+    return scored

@@ -1,0 +1,379 @@
+"""Final answers of math problems: extraction from `\\boxed{}`, numbers, and equivalence checking.
+
+- `last_boxed` takes the final answer from a response (balanced braces, so `\\boxed{\\frac{\\sqrt{3}}{2}}`
+  works, unlike the RISE reference regex).
+- `parse_number` / `numbers_equal` compare numeric answers (GSM8K): "1,600", "$18.00", "75%", "3/4".
+- `normalize_math_answer` is the Hendrycks MATH string normalisation.
+- `math_equivalent(gold, pred)` decides MATH answers: a fast in-process check (normalised strings, exact
+  numbers), then math-verify (`parse(gold)`, `parse(pred)`, `verify(gold, pred)`, in that order since
+  `verify` is not symmetric).
+
+math-verify's own timeouts use SIGALRM, which works only in the main thread, and a hung sympy call
+inside a thread cannot be stopped. So math-verify runs in small worker processes (started once, reused)
+that are killed when they exceed the timeout; `math_equivalent` can then be called from any thread.
+The workers speak JSON lines over pipes and wait on them with `select`, so this needs a POSIX system.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+logger = logging.getLogger(__name__)
+# math-verify warns on every first call that its own (signal-based) timeout is off; here that is intended.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+# ---- extraction ---------------------------------------------------------------------------------
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` (or `\\boxed x`, `\\fbox{...}`) in `text`, stripped.
+
+    Braces are matched with nesting (escaped `\\{`, `\\}` do not count). None when there is no box,
+    when the last box is unbalanced (e.g. a response cut off mid-answer) or empty. Never raises.
+    """
+    if not isinstance(text, str):
+        return None
+    pos, command = max((text.rfind(c), c) for c in _BOX_COMMANDS)
+    if pos < 0:
+        return None
+    rest = text[pos + len(command) :]
+    body = rest.lstrip(" \t")
+    if body.startswith("{"):
+        content = _braced_group(body)
+    elif body is not rest:  # "\boxed 5$": the answer is the token after the space
+        token = re.match(r"[^\s$]+", body)
+        content = token.group(0) if token else None
+    else:  # "\boxedfoo" is some other command, not a box
+        content = None
+    if content is None or not content.strip():
+        return None
+    return content.strip()
+
+
+def _braced_group(text: str) -> str | None:
+    """The content of the `{...}` group that opens `text`, or None when it never closes."""
+    depth = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2  # an escaped character (\{, \}, \\) never opens or closes a group
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[1:i]
+        i += 1
+    return None
+
+
+# ---- numbers ------------------------------------------------------------------------------------
+_PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")
+_SLASH_FRACTION = re.compile(r"(-?)(\d+)/(\d+)")
+_LATEX_FRACTION = re.compile(r"(-?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_TRAILING_UNITS = re.compile(r"(\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z][A-Za-z'.]*)+$")
+
+
+def exact_number(text: str) -> Fraction | None:
+    """The exact value of a bare number: "-12", "0.5", ".5", "3/4", "\\frac{3}{4}", "-\\dfrac{1}{2}".
+
+    Anything else (units, signs of currency, expressions) gives None: this is the strict parser used
+    where a wrong "yes, that is a number" would be costly (`math_equivalent`).
+    """
+    text = text.strip()
+    if len(text) > 100:  # no answer worth comparing is that long, and int() of huge strings is slow
+        return None
+    try:
+        if _PLAIN_NUMBER.fullmatch(text):
+            return Fraction(text)
+        fraction = _SLASH_FRACTION.fullmatch(text) or _LATEX_FRACTION.fullmatch(text)
+        if fraction:
+            sign, num, den = fraction.groups()
+            value = Fraction(int(num), int(den))  # ZeroDivisionError for "1/0"
+            return -value if sign else value
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def parse_number(text: str) -> float | None:
+    """A number written the way people and models write final answers, or None.
+
+    Accepts thousands separators ("1,600"), currency ("$18", "\\$18"), percent ("75%" -> 75),
+    trailing units or words ("18 dollars", "5 \\text{cm}"), a trailing period, negative numbers,
+    simple fractions ("3/4") and `\\frac{a}{b}` / `\\dfrac{a}{b}`. Never raises.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip().replace("\u2212", "-")  # unicode minus
+    text = text.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    text = text.replace("\\!", "").replace("\\,", "")
+    text = _TRAILING_UNITS.sub("", text.strip()).rstrip(".").strip()
+    text = _THOUSANDS_COMMA.sub("", text)
+    value = exact_number(text)
+    if value is None:
+        return None
+    return float(value)
+
+
+def numbers_equal(a: float | str | None, b: float | str | None, rel_tol: float = 1e-6) -> bool:
+    """Whether two numbers (or numeric strings, read with `parse_number`) are equal within `rel_tol`."""
+    if isinstance(a, str):
+        a = parse_number(a)
+    if isinstance(b, str):
+        b = parse_number(b)
+    if a is None or b is None:
+        return False
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+
+
+# ---- Hendrycks MATH normalisation ---------------------------------------------------------------
+_UNIT_MARKERS = ("\\text{ ", "\\mbox{ ")  # a space after the brace marks units: "5 \text{ cm}"
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
+
+
+def normalize_math_answer(answer: str) -> str:
+    """The Hendrycks MATH normalisation, so that equal answers written differently compare equal.
+
+    Drops layout (`\\left`, `\\right`, `\\!`, spaces, line breaks), units after `\\text{ `, degrees,
+    dollar and percent signs, a trailing period and a short `x =` prefix; rewrites `\\dfrac`/`\\tfrac`
+    as `\\frac`, `\\frac12` as `\\frac{1}{2}`, `\\sqrt3` as `\\sqrt{3}`, `3/4` as `\\frac{3}{4}`,
+    `.5` as `0.5` and `0.5` as `\\frac{1}{2}`.
+    """
+    s = answer.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "").replace("$", "")
+    for marker in _UNIT_MARKERS:
+        s = s.split(marker)[0]
+    s = _TEXT_WRAPPER.sub(r"\1", s)
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if s.startswith("."):
+        s = "0" + s
+    left, eq, right = s.partition("=")
+    if eq and "=" not in right and len(left.strip()) <= 2:  # "x = 5" and "k=5" answer 5
+        s = right
+    s = re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
+    s = s.replace(" ", "")
+    s = _brace_frac_arguments(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    fraction = _SLASH_FRACTION.fullmatch(s)
+    if fraction:
+        sign, num, den = fraction.groups()
+        s = f"{sign}\\frac{{{num}}}{{{den}}}"
+    if s.endswith(".") and not s.endswith(".."):
+        s = s[:-1]
+    return s
+
+
+def _brace_frac_arguments(s: str) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{72}` -> `\\frac{1}{72}`; well-formed fractions unchanged."""
+    pieces = s.split("\\frac")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        args = []
+        rest = piece
+        for _ in range(2):
+            if rest.startswith("{"):
+                group = _braced_group(rest)
+                if group is None:
+                    break
+                args.append(group)
+                rest = rest[len(group) + 2 :]
+            elif rest and rest[0] != "\\":
+                args.append(rest[0])
+                rest = rest[1:]
+            else:
+                break
+        if len(args) == 2:
+            out.append(f"\\frac{{{args[0]}}}{{{args[1]}}}{rest}")
+        else:  # not a fraction we understand: leave it as written
+            out.append("\\frac" + piece)
+    return "".join(out)
+
+
+# ---- equivalence --------------------------------------------------------------------------------
+def math_equivalent(gold: str, pred: str, timeout: float | None = 5.0) -> bool:
+    """Whether `pred` is mathematically equivalent to `gold` (both final answers, without `\\boxed`).
+
+    The fast path runs here: equal normalised strings or equal exact numbers are equivalent, and two
+    different integers or fractions are not. Everything else goes to math-verify in a worker process,
+    killed after `timeout` seconds (timeout=None runs math-verify in this process with no limit).
+    A timeout or any error counts as not equivalent. Safe to call from any thread; never raises.
+    """
+    if not isinstance(gold, str) or not isinstance(pred, str) or not gold.strip() or not pred.strip():
+        return False
+    try:
+        verdict = _quick_verdict(gold, pred)
+        if verdict is not None:
+            return verdict
+        if timeout is None:
+            return _math_verify(gold, pred)
+        return _workers.check(gold, pred, timeout)
+    except Exception as e:  # never crash a run; but a broken checker should not go unnoticed
+        logger.warning("math_equivalent(%r, %r) failed, counted as not equivalent: %s", gold[:50], pred[:50], e)
+        return False
+
+
+def _quick_verdict(gold: str, pred: str) -> bool | None:
+    """True/False when cheap checks settle the question, None when math-verify must decide."""
+    g, p = normalize_math_answer(gold), normalize_math_answer(pred)
+    if g == p:
+        return True
+    g_value, p_value = exact_number(g), exact_number(p)
+    if g_value is None or p_value is None:
+        return None
+    if g_value == p_value:
+        return True
+    if "." not in g and "." not in p:
+        return False  # exact integers/fractions that differ; decimals may still match by rounding
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _parsed(answer: str) -> list:
+    """math-verify's parse of a bare answer (cached: golds are compared many times)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    return parse(
+        f"\\boxed{{{answer}}}",
+        extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+        parsing_timeout=None,  # signal-based; the caller provides the timeout
+    )
+
+
+def _math_verify(gold: str, pred: str) -> bool:
+    """math-verify's verdict, in this process and without a time limit. The argument order matters."""
+    from math_verify import verify
+
+    return bool(verify(_parsed(gold), _parsed(pred), timeout_seconds=None))
+
+
+def _serve() -> None:
+    """Worker process loop: read `[gold, pred]` JSON lines, answer each with a JSON boolean line."""
+    answers = sys.stdout
+    sys.stdout = sys.stderr  # anything a library prints must not corrupt the protocol
+    _math_verify("1", "1")  # import math-verify and sympy before saying ready
+    answers.write("ready\n")
+    answers.flush()
+    for line in sys.stdin:
+        try:
+            gold, pred = json.loads(line)
+            verdict = _math_verify(gold, pred)
+        except Exception:
+            verdict = False
+        answers.write(json.dumps(verdict) + "\n")
+        answers.flush()
+
+
+class _Worker:
+    """One math-verify worker process: one request at a time, killed when it does not answer in time."""
+
+    START_TIMEOUT = 120.0  # importing sympy on a busy machine can take a while; not part of `timeout`
+
+    def __init__(self) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])  # so the child finds riselm uninstalled
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from riselm.verify.math import _serve; _serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            env=env,
+        )
+        if self._read_line(self.START_TIMEOUT) != "ready\n":
+            self.kill()
+            raise RuntimeError("the math-verify worker process did not start")
+
+    def check(self, gold: str, pred: str, timeout: float) -> bool | None:
+        """The worker's verdict, or None when it timed out or died (the worker is then unusable)."""
+        try:
+            self.proc.stdin.write(json.dumps([gold, pred]) + "\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            return None
+        line = self._read_line(timeout)
+        return None if line is None else json.loads(line) is True
+
+    def _read_line(self, timeout: float) -> str | None:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            return None
+        return self.proc.stdout.readline() or None  # "" means the worker exited
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+
+
+class _WorkerPool:
+    """Idle workers kept for reuse; at most `max_workers` run at once, extra callers wait their turn."""
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self.forget()
+
+    def forget(self) -> None:
+        """Start empty. A forked child calls this: its parent's workers (and locks) are not its own."""
+        self._slots = threading.BoundedSemaphore(self.max_workers)
+        self._idle: list[_Worker] = []
+        self._live: set[_Worker] = set()  # idle or busy; all are killed at exit, hung ones included
+        self._lock = threading.Lock()
+
+    def check(self, gold: str, pred: str, timeout: float) -> bool:
+        with self._slots:
+            worker = self._take()
+            verdict = worker.check(gold, pred, timeout)
+            with self._lock:
+                if verdict is not None:
+                    self._idle.append(worker)
+                    return verdict
+                self._live.discard(worker)
+            worker.kill()  # hung or dead: the next call starts a fresh one
+            return False
+
+    def _take(self) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        worker = _Worker()
+        with self._lock:
+            self._live.add(worker)
+        return worker
+
+    def close(self) -> None:
+        with self._lock:
+            live, self._live, self._idle = self._live, set(), []
+        for worker in live:
+            worker.kill()
+
+
+_workers = _WorkerPool(max_workers=min(8, os.cpu_count() or 1))
+atexit.register(_workers.close)
+os.register_at_fork(after_in_child=_workers.forget)

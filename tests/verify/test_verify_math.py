@@ -1,0 +1,233 @@
+"""Answer extraction, number parsing, MATH normalisation and equivalence (riselm.verify.math)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from riselm.verify import math as verify_math
+from riselm.verify.math import (
+    exact_number,
+    last_boxed,
+    math_equivalent,
+    normalize_math_answer,
+    numbers_equal,
+    parse_number,
+)
+
+
+# ---- last_boxed -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("so the answer is \\boxed{42}.", "42"),
+        ("\\boxed{1} then \\boxed{2}", "2"),  # the last box wins
+        ("$\\boxed{\\frac{\\sqrt{3}}{2}}$", "\\frac{\\sqrt{3}}{2}"),  # nested braces (the reference regex fails)
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces do not count
+        ("the answer is $\\boxed 9$.", "9"),
+        ("\\boxed {17}.", "17"),
+        ("\\fbox{x+1}", "x+1"),
+        ("\\boxed{ 5 }", "5"),
+    ],
+)
+def test_last_boxed_finds_the_last_balanced_box(text, expected):
+    assert last_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["no box here", "\\boxed{1} and then \\boxed{\\frac{1}{2}", "\\boxed{}", "\\boxedx", "", None, 12, "}}}\\boxed{{"],
+)
+def test_last_boxed_gives_none_without_a_complete_final_box(text):
+    assert last_boxed(text) is None
+
+
+# ---- numbers --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1,600", 1600.0),
+        ("1,234,567", 1234567.0),
+        ("$18.00", 18.0),
+        ("\\$18", 18.0),
+        ("75%", 75.0),
+        ("-5", -5.0),
+        ("\u22127", -7.0),
+        ("3/4", 0.75),
+        ("\\frac{3}{4}", 0.75),
+        ("-\\dfrac{1}{2}", -0.5),
+        ("18 dollars.", 18.0),
+        ("5 \\text{cm}", 5.0),
+        (".5", 0.5),
+        ("42.", 42.0),
+    ],
+)
+def test_parse_number_reads_written_answers(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "2\\sqrt{3}", "3+4", "1,60", "1/0", "1e400", "9" * 500, None])
+def test_parse_number_rejects_non_numbers(text):
+    assert parse_number(text) is None
+
+
+def test_numbers_equal_uses_a_tolerance_and_reads_strings():
+    assert numbers_equal("1,600", 1600)
+    assert numbers_equal(0.1 + 0.2, 0.3)
+    assert numbers_equal("$18.00", "18")
+    assert not numbers_equal("18", "18.5")
+    assert not numbers_equal("18", None)
+    assert not numbers_equal("eighteen", "eighteen")
+
+
+def test_exact_number_is_strict():
+    assert exact_number("\\frac{2}{4}") == exact_number("0.5") == exact_number("1/2")
+    assert exact_number("1,000") is None  # a thousands separator or a tuple? math-verify decides
+    assert exact_number("5 \\text{cm}") is None
+
+
+# ---- normalisation --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "raw, normal",
+    [
+        ("\\left( 3, \\frac12 \\right)", "(3,\\frac{1}{2})"),
+        ("\\dfrac{\\sqrt3}{2}", "\\frac{\\sqrt{3}}{2}"),
+        ("\\tfrac1{72}", "\\frac{1}{72}"),
+        ("x = 5", "5"),
+        ("5 \\text{ cm}", "5"),
+        ("90^\\circ", "90"),
+        ("\\$18.", "18"),
+        ("10\\%", "10"),
+        (".5", "\\frac{1}{2}"),
+        ("0.5", "\\frac{1}{2}"),
+        ("-3/4", "-\\frac{3}{4}"),
+        ("1,\\!000", "1,000"),
+        ("\\text{Devon}", "Devon"),
+        ("y = 2x + 1", "2x+1"),
+        ("a+b=c+d", "a+b=c+d"),  # not a short `x =` prefix: kept
+    ],
+)
+def test_normalize_math_answer(raw, normal):
+    assert normalize_math_answer(raw) == normal
+
+
+# ---- equivalence ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "gold, pred",
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
+        ("2\\sqrt{3}", "\\sqrt{12}"),  # needs math-verify (symbolic)
+        ("x^2+2x+1", "(x+1)^2"),
+        ("(-\\infty, 3]", "(-\\infty,3]"),
+        ("\\{1,2\\}", "\\{2,1\\}"),
+        ("1000", "1,000"),
+        ("\\frac{1}{3}", "0.333333"),  # decimals compare with math-verify's rounding
+        ("5", "x=5"),
+    ],
+)
+def test_equivalent_answers(gold, pred):
+    assert math_equivalent(gold, pred)
+
+
+@pytest.mark.parametrize(
+    "gold, pred",
+    [
+        ("\\frac{1}{2}", "\\frac{1}{3}"),
+        ("2\\sqrt{3}", "2"),
+        ("\\pi", "3.14159"),
+        ("\\frac{1}{3}", "0.333"),
+        ("(1,2)", "(2,1)"),
+        ("17", "18"),
+        ("17", ""),
+        ("17", "\\frac{1}{0}"),
+        ("17", "}{"),
+        ("17", None),
+    ],
+)
+def test_non_equivalent_answers(gold, pred):
+    assert not math_equivalent(gold, pred)
+
+
+def test_equivalence_works_off_the_main_thread_and_times_out(monkeypatch):
+    """math-verify's own timeout needs the main thread; ours must stop a hung check from any thread."""
+    results: dict[str, object] = {}
+    killed: list[verify_math._Worker] = []
+    kill = verify_math._Worker.kill
+    monkeypatch.setattr(verify_math._Worker, "kill", lambda worker: (kill(worker), killed.append(worker)))
+
+    def work():
+        start = time.monotonic()
+        results["hung"] = math_equivalent("9^{9^{9}}", "9^{9^{8}}", timeout=1.0)  # sympy would run for ages
+        results["hung_seconds"] = time.monotonic() - start
+        results["symbolic"] = math_equivalent("2\\sqrt{3}", "\\sqrt{12}")  # the pool recovers
+        results["different"] = math_equivalent("x^2", "x^3")
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert results["hung"] is False
+    assert len(killed) == 1 and killed[0].proc.returncode is not None  # the hung process is gone
+    assert killed[0] not in verify_math._workers._live
+    assert results["hung_seconds"] < 30  # 1 s of checking, plus starting a worker on a busy machine
+    assert results["symbolic"] is True
+    assert results["different"] is False
+
+
+def test_equivalence_from_many_threads_at_once():
+    pairs = [("2\\sqrt{3}", "\\sqrt{12}", True), ("x^2+2x+1", "(x+1)^2", True), ("\\sqrt{2}", "2^{1/3}", False)] * 4
+    results: list[bool | None] = [None] * len(pairs)
+
+    def check(i: int, gold: str, pred: str) -> None:
+        results[i] = math_equivalent(gold, pred)
+
+    threads = [threading.Thread(target=check, args=(i, g, p)) for i, (g, p, _) in enumerate(pairs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [expected for _, _, expected in pairs]
+
+
+def test_in_process_mode_agrees_with_the_worker():
+    assert math_equivalent("2\\sqrt{3}", "\\sqrt{12}", timeout=None)
+    assert not math_equivalent("2\\sqrt{3}", "2", timeout=None)
+
+
+def test_fast_path_does_not_start_math_verify(monkeypatch):
+    """Equal strings and plain numbers are settled here, without the worker process."""
+
+    def fail(*args):
+        raise AssertionError("math-verify should not be needed")
+
+    monkeypatch.setattr(verify_math._workers, "check", fail)
+    monkeypatch.setattr(verify_math, "_math_verify", fail)
+    assert math_equivalent("\\frac{1}{2}", "0.5")
+    assert math_equivalent("\\left(1,2\\right)", "(1, 2)")
+    assert not math_equivalent("17", "-17")
+    assert not math_equivalent("\\frac{1}{2}", "\\frac{2}{3}")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_workers():
+    """A child forked after the parent used the pool must not talk to the parent's worker processes."""
+    assert math_equivalent("2\\sqrt{3}", "\\sqrt{12}")  # the parent now holds an idle worker
+    assert verify_math._workers._idle
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        try:
+            ok = not verify_math._workers._idle and math_equivalent("x^2+2x+1", "(x+1)^2")
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            verify_math._workers.close()
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
+    assert math_equivalent("\\sqrt{8}", "2\\sqrt{2}")  # the parent's own worker still answers
