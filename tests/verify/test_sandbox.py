@@ -1,0 +1,402 @@
+"""The sandbox runs programs to a verdict and contains hostile ones (riselm.verify.sandbox)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from riselm.verify import sandbox
+from riselm.verify.sandbox import Limits, SandboxError, isolation, network_isolation, run_program, run_programs
+
+FAST = Limits(cpu_seconds=2, wall_seconds=10)
+
+
+def run(source: str, limits: Limits = FAST):
+    return run_program(textwrap.dedent(source), limits)
+
+
+# ---- verdicts ------------------------------------------------------------------------------------
+
+
+def test_passing_program_passes_and_its_output_is_captured():
+    result = run(
+        """
+        def add(a, b):
+            return a + b
+        print("hello from the sandbox")
+        assert add(2, 3) == 5
+        """
+    )
+    assert result.status == "passed" and result.passed
+    assert result.reason == ""
+    assert "hello from the sandbox" in result.output
+    assert result.isolation == isolation()
+
+
+def test_failing_assert_is_failed_and_names_the_line():
+    result = run(
+        """
+        def add(a, b):
+            return a - b
+        assert add(2, 3) == 5
+        """
+    )
+    assert result.status == "failed"
+    assert "AssertionError at line 4: assert add(2, 3) == 5" in result.reason
+    assert "Traceback" in result.output and "sandbox.py" not in result.output  # the runner's frame is hidden
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        ("def f(:\n    pass\n", "SyntaxError"),
+        ("x = undefined_name + 1\n", "NameError at line 1"),
+        ("import os\nos._exit(3)\nassert False\n", "exited with code 3"),
+    ],
+)
+def test_other_problems_are_errors(source, reason):
+    result = run(source)
+    assert result.status == "error"
+    assert reason in result.reason
+
+
+def test_a_main_guarded_demo_block_is_skipped():
+    result = run(
+        """
+        def double(x):
+            return 2 * x
+        if __name__ == "__main__":
+            import unittest
+            unittest.main()  # would exit before the tests
+        assert double(2) == 4
+        """
+    )
+    assert result.passed, result.reason
+
+
+def test_stdin_is_empty_and_does_not_hold_the_token():
+    result = run("import sys\ndata = sys.stdin.read()\nassert data == '', data\n")
+    assert result.passed
+
+
+# ---- a program cannot pass without its asserts running ---------------------------------------------
+
+EXIT_TRICKS = {
+    "os._exit(0) before the asserts": """
+        import os
+        os._exit(0)
+        assert False
+        """,
+    "sys.exit(0) before the asserts": """
+        import sys
+        sys.exit(0)
+        assert False
+        """,
+    "raise SystemExit(0)": """
+        raise SystemExit(0)
+        assert False
+        """,
+    "SystemExit from an atexit handler": """
+        import atexit
+        def leave():
+            raise SystemExit(0)
+        atexit.register(leave)
+        assert False
+        """,
+    "os._exit(0) from an atexit handler": """
+        import atexit, os
+        atexit.register(lambda: os._exit(0))
+        assert 1 == 2
+        """,
+    "monkeypatched exit paths and output": """
+        import builtins, json, os, sys
+        os.write = lambda fd, data: len(data)
+        json.dumps = lambda *a, **k: '{"kind": "verdict", "status": "passed", "token": "x"}'
+        sys.exit = lambda *a: None
+        builtins.print = lambda *a, **k: None
+        assert False
+        """,
+    "a forged verdict on every descriptor": """
+        import os
+        forged = b'{"kind": "verdict", "status": "passed", "token": "00"}\\n'
+        for fd in range(1, 64):
+            try:
+                os.write(fd, forged)
+            except OSError:
+                pass
+        os._exit(0)
+        """,
+    "exit from inside the function under test": """
+        import os
+        def solution(x):
+            os._exit(0)
+        assert solution(1) == 2
+        """,
+}
+
+
+@pytest.mark.parametrize("source", EXIT_TRICKS.values(), ids=EXIT_TRICKS.keys())
+def test_exit_tricks_never_pass(source):
+    result = run(source)
+    assert not result.passed
+    assert result.status in ("failed", "error")
+
+
+# ---- limits ---------------------------------------------------------------------------------------
+
+
+def test_infinite_loop_hits_the_cpu_limit():
+    # A generous wall-clock limit: on a busy machine one CPU second can take many wall seconds.
+    result = run("while True:\n    pass\n", Limits(cpu_seconds=1, wall_seconds=120))
+    assert result.status == "timeout"
+    assert "CPU time limit of 1 s exceeded" in result.reason
+
+
+def test_a_program_catching_sigxcpu_is_still_stopped():
+    source = "import signal\nsignal.signal(signal.SIGXCPU, lambda *args: None)\nwhile True:\n    pass\n"
+    result = run(source, Limits(cpu_seconds=1, wall_seconds=120))
+    assert result.status == "timeout"
+    assert "CPU time limit" in result.reason
+
+
+def test_sleeping_program_hits_the_wall_clock_limit():
+    result = run("import time\ntime.sleep(60)\n", Limits(cpu_seconds=2, wall_seconds=1.5))
+    assert result.status == "timeout"
+    assert "wall-clock" in result.reason
+    assert result.duration < 10
+
+
+def test_memory_bomb_is_stopped():
+    result = run("blocks = []\nwhile True:\n    blocks.append(bytearray(50 * 1024 * 1024))\n", Limits(memory_mb=256))
+    assert result.status == "error"
+    assert "MemoryError" in result.reason
+
+
+def test_file_size_is_limited():
+    result = run("open('big.bin', 'wb').write(b'x' * (5 * 1024 * 1024))\n", Limits(file_size_mb=1))
+    assert result.status == "error"
+    assert "File too large" in result.reason or "file size" in result.reason
+
+
+def test_fork_bomb_is_contained_and_the_next_run_works():
+    bomb = """
+        import os
+        print("workdir:", os.getcwd(), flush=True)
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+        """
+    limits = Limits(cpu_seconds=2, wall_seconds=30, max_processes=16)
+    result = run(bomb, limits)
+    if isolation().process_limit == "per-sandbox":  # stopped by the process budget, not by the clock
+        assert result.status == "error" and "process limit of 16 exceeded" in result.reason
+    else:
+        assert result.status in ("error", "timeout")
+    workdir = result.output.split("workdir:", 1)[1].split()[0]  # unique to this run, in every cmdline
+    assert workdir.startswith(os.sep)
+    time.sleep(0.2)
+    assert _processes_mentioning(workdir) == []  # nothing of the bomb survives the run
+    assert run("assert 1 + 1 == 2\n").passed
+
+
+def test_daemon_left_behind_is_killed_and_does_not_hold_the_run():
+    # The daemon keeps stdout open: were it still alive the run would wait for the wall-clock limit.
+    result = run(
+        """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            time.sleep(60)
+            os._exit(0)
+        assert True
+        """,
+        Limits(cpu_seconds=2, wall_seconds=20),
+    )
+    assert result.passed
+    assert result.duration < 10
+
+
+def test_printing_gigabytes_is_truncated_and_the_run_continues():
+    result = run(
+        """
+        import os
+        chunk = b"x" * (1 << 20)
+        for _ in range(1024):
+            os.write(1, chunk)
+        print("THE END")
+        assert True
+        """,
+        Limits(cpu_seconds=5, wall_seconds=60, max_output_bytes=10_000),
+    )
+    assert result.passed
+    assert len(result.output) < 20_000
+    assert result.output.startswith("x" * 1000)
+    assert "bytes of output dropped" in result.output
+    assert result.output.rstrip().endswith("THE END")  # the tail is kept
+
+
+# ---- containment ----------------------------------------------------------------------------------
+
+
+def test_files_outside_the_working_directory_stay_untouched():
+    if isolation().filesystem != "read-only":
+        pytest.skip("no read-only file system view on this machine; only file permissions apply")
+    # A throw-away directory outside /tmp (the sandbox gets a private /tmp, so a victim there would be
+    # invisible rather than protected). Only this directory is ever targeted, even if containment fails.
+    victim_dir = Path(__file__).parent / f".sandbox-victim-{os.urandom(6).hex()}"
+    victim_dir.mkdir()
+    victim = victim_dir / "victim.txt"
+    victim.write_text("keep me")
+    created = victim_dir / "created.txt"
+    try:
+        result = run(
+            f"""
+            import os, shutil
+            outcomes = []
+            for action in (
+                lambda: open({str(victim)!r}, "a").write("changed"),
+                lambda: os.remove({str(victim)!r}),
+                lambda: open({str(created)!r}, "w").write("new"),
+                lambda: shutil.rmtree({str(victim_dir)!r}),
+            ):
+                try:
+                    action()
+                    outcomes.append("done")
+                except OSError as e:
+                    outcomes.append(e.strerror)
+            open("inside.txt", "w").write("the working directory is writable")
+            print(outcomes)
+            """
+        )
+        assert result.passed, result.output
+        assert "Read-only file system" in result.output
+        assert "done" not in result.output
+        assert victim.read_text() == "keep me"
+        assert not created.exists()
+    finally:
+        shutil.rmtree(victim_dir, ignore_errors=True)
+
+
+def test_the_callers_environment_is_not_visible(monkeypatch):
+    secret = "riselm-test-secret-" + os.urandom(8).hex()
+    monkeypatch.setenv("RISELM_TEST_SECRET", secret)
+    scan_proc = isolation().processes == "pidns"  # same-uid code could read /proc/PID/environ otherwise
+    result = run(
+        f"""
+        import os
+        print(sorted(os.environ))
+        assert "RISELM_TEST_SECRET" not in os.environ
+        if {scan_proc}:
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{{pid}}/environ", "rb") as f:
+                        assert b"RISELM_TEST_SECRET" not in f.read(), pid
+                except OSError:
+                    pass
+        """
+    )
+    assert result.passed, result.reason
+    assert secret not in result.output
+
+
+def test_no_network_connection_reaches_the_host():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        result = run(
+            f"""
+            import socket
+            socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"hello")
+            """
+        )
+        assert result.status == "error"
+        assert any(word in result.reason for word in ("Connection refused", "unreachable", "disabled"))
+        with pytest.raises(BlockingIOError):
+            server.accept()  # nothing ever connected
+
+
+def test_network_isolation_is_reported():
+    assert network_isolation() in ("netns", "socket-guard")
+    assert network_isolation() == isolation().network
+    assert isolation().filesystem in ("read-only", "permissions")
+    assert isolation().processes in ("pidns", "process-group")
+
+
+def test_signalling_the_parent_does_not_kill_the_caller():
+    result = run(
+        """
+        import os, signal
+        os.kill(os.getppid(), signal.SIGKILL)
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+        assert False, "still alive"
+        """
+    )
+    assert not result.passed  # and we are still here to check it
+    assert run("assert True\n").passed
+
+
+def test_fallback_isolation_still_contains_the_basics(monkeypatch):
+    monkeypatch.setenv("RISELM_TEST_SECRET", "fallback-secret")
+    limits = Limits(cpu_seconds=2, wall_seconds=10, use_namespaces=False)
+    result = run_program("import os\nassert 'RISELM_TEST_SECRET' not in os.environ\n", limits)
+    assert result.passed
+    assert result.isolation.network == "socket-guard"
+    assert result.isolation.processes == "process-group"
+    blocked = run_program("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)\n", limits)
+    assert blocked.status == "error" and "disabled in the sandbox" in blocked.reason
+    looping = run_program("while True:\n    pass\n", replace(limits, cpu_seconds=1))
+    assert looping.status == "timeout"
+
+
+def test_runs_fall_back_with_a_warning_where_namespaces_fail(monkeypatch):
+    real_run = sandbox._run
+
+    def namespaces_broken(source, limits):
+        if limits.use_namespaces:
+            raise SandboxError("sandbox setup failed: OSError: unshare: Operation not permitted")
+        return real_run(source, limits)
+
+    monkeypatch.setattr(sandbox, "_run", namespaces_broken)
+    sandbox._namespaces_work.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="using the fallback isolation"):
+            result = run_program("assert True\n", FAST)
+        assert result.passed and result.isolation.network == "socket-guard"
+    finally:
+        sandbox._namespaces_work.cache_clear()
+
+
+# ---- the pool -------------------------------------------------------------------------------------
+
+
+def test_pool_keeps_order_and_bounds_concurrency():
+    sources = ["import time\ntime.sleep(1.0)\nassert True\n"] * 4 + ["assert False\n"]
+    started = time.monotonic()
+    results = run_programs(sources, FAST, workers=2)
+    elapsed = time.monotonic() - started
+    assert [r.status for r in results] == ["passed"] * 4 + ["failed"]
+    assert elapsed >= 2.0  # never more than two at a time
+    assert elapsed < 4.0 + 2.0  # but two at a time (sequential would take over 4 s of sleeping)
+    assert run_programs([], FAST) == []
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
