@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from riselm.training.config import TrainConfig  # the `train:` sections (pydantic only: cheap to import)
 
 
 class _Section(BaseModel):
@@ -57,28 +59,11 @@ class SamplesConfig(_Section):
     dedup: bool = True
 
 
-class TrainSection(_Section):
-    learning_rate: float = 1e-5
-    epochs: float = 1.0
-    batch_size: int = 8  # per device
-    grad_accum: int = 8  # effective batch = batch_size x grad_accum x devices (paper: 64)
-    max_length: int = 2048
-    warmup_ratio: float = 0.04
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    gradient_checkpointing: bool = False
-    bf16: bool | None = None  # None: when the hardware supports it
-    lora: dict[str, Any] | None = None  # e.g. {r: 16, alpha: 32, target_modules: all-linear}
-    report_to: list[str] = []  # tensorboard, wandb
-    packing: bool = False
-    seed: int = 0
-
-
 class BoostConfig(_Section):
     enabled: bool = False
     history_turns: int = 0  # prepend up to this many wrong attempts (+ retry message) before the gold solution
     limit: int | None = None  # gold solutions used (default: all training problems)
-    train: TrainSection = TrainSection()
+    train: TrainConfig = TrainConfig()
 
 
 class EvalConfig(_Section):
@@ -106,7 +91,7 @@ class RunConfig(_Section):
     aggregate: bool = False  # train each iteration on the data of all iterations so far
     collect: CollectConfig = CollectConfig()
     samples: SamplesConfig = SamplesConfig()
-    train: TrainSection = TrainSection()
+    train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     seed: int = 0
 

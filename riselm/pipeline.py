@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from riselm.config import ConfigError, GeneratorConfig, RunConfig, TrainSection
+from riselm.config import ConfigError, GeneratorConfig, RunConfig
+from riselm.training.config import TrainConfig
 from riselm.evaluation.evaluate import EvalResult, evaluate
 from riselm.evaluation.report import plot_turn_curves
 from riselm.evaluation.runner import EvalSettings
@@ -112,12 +114,14 @@ def prepare(cfg: RunConfig, out: Path) -> tuple[Task, list[Problem], list[Proble
 
 
 def check_model_spec(spec: str, key: str) -> None:
-    """Fail early on a model that cannot exist: a path-like spec that is missing, or an unknown name."""
-    from riselm.models import describe_model_spec
+    """Fail early on a model that cannot be had: a missing path, a named model whose package is not
+    installed, or a hub id that cannot be fetched. (GGUF files are converted here, once.)"""
+    from riselm.models import ModelNotFoundError, resolve_model_dir
 
-    problem = describe_model_spec(spec)
-    if problem:
-        raise ConfigError(f"{key}: {problem}")
+    try:
+        resolve_model_dir(spec)
+    except ModelNotFoundError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -172,8 +176,9 @@ def build_samples(cfg: RunConfig, collect_dirs: Sequence[Path], stage_dir: Path)
     return samples
 
 
-def train_stage(train: TrainSection, samples: Sequence, init_model: str, train_dir: Path, show_progress: bool) -> str:
+def train_stage(train: TrainConfig, samples: Sequence, init_model: str, train_dir: Path, show_progress: bool) -> str:
     """Reward-weighted training from `init_model`; returns the trained model's directory. Resumes from checkpoints."""
+    from riselm.models import resolve_model_dir
     from riselm.training.trainer import train_weighted
 
     final = train_dir / "final"
@@ -181,7 +186,10 @@ def train_stage(train: TrainSection, samples: Sequence, init_model: str, train_d
         return str(final)
     if not samples:
         raise RuntimeError(f"no training samples for {train_dir}: collection produced nothing usable")
-    return str(train_weighted(init_model, samples, train_dir, train, show_progress=show_progress))
+    final = train_weighted(resolve_model_dir(init_model), samples, train_dir, train, show_progress=show_progress)
+    for checkpoint in train_dir.glob("checkpoint-*"):  # final/ is complete: resume points are no longer needed
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return str(final)
 
 
 def evaluate_stage(

@@ -10,6 +10,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # Tiny models are dominated by per-op overhead: one thread is faster, and two threads spin badly
+    # when the cores are shared (a tiny training step: 10 ms with one thread, over a second with two).
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def char_tokenizer():
     from riselm.models import build_char_tokenizer

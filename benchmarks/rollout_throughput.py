@@ -1,0 +1,168 @@
+"""Rollout throughput: one fixed RISE collection workload through three generators, side by side.
+
+    python benchmarks/rollout_throughput.py            # full: 32 GSM8K problems, 3 turns, N=4 from turn 2, 256 tokens
+    python benchmarks/rollout_throughput.py --quick    # the same comparison, smaller, under 3 minutes on 2 cores
+
+Contenders, all running riselm's own collection loop on the same problems with the same settings:
+  naive  one conversation and one sample at a time through HF `generate`, as the reference code does
+  hf     riselm's HF backend: batched across conversations and samples, sorted by length, left padded
+  vllm   riselm's vLLM backend (skipped, and said so, when vllm is not importable)
+Rollouts are sampled, so the contenders generate different numbers of tokens: the comparison is
+tokens/s (generated tokens over the generator's own wall time). The last line printed is one JSON
+object with each contender's tokens/s and the ratios hf_over_naive and vllm_over_naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from riselm.generation.base import Completion, GenerationStats, SamplingParams
+from riselm.rollout.collect import CollectSettings, ImproverStep, collect
+from riselm.tasks import get_task
+
+
+class NaiveHFGenerator:
+    """The reference code's way: a python loop over conversations and samples, one `generate` each."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.name = "naive"
+        self.stats = GenerationStats()
+
+    @torch.inference_mode()
+    def generate(self, conversations, params: SamplingParams):
+        start = time.perf_counter()
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        out = []
+        for conversation in conversations:
+            ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            samples = []
+            for _ in range(params.n):
+                generated = self.model.generate(
+                    **ids.to(self.model.device),
+                    max_new_tokens=params.max_new_tokens,
+                    do_sample=not params.greedy,
+                    temperature=params.temperature if not params.greedy else None,
+                    top_p=params.top_p if not params.greedy else None,
+                    top_k=None,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )[0, ids["input_ids"].shape[1]:]
+                tokens = generated.tolist()
+                if tokens and tokens[-1] in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id):
+                    tokens = tokens[:-1]
+                samples.append(Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens)))
+                self.stats.generated_tokens += len(tokens)
+            out.append(samples)
+        self.stats.seconds += time.perf_counter() - start
+        return out
+
+
+def run_contender(name, generator, task, problems, settings, n_improve, out_dir):
+    schedule = [ImproverStep(generator, 1), ImproverStep(generator, n_improve)]
+    path = out_dir / f"{name}.jsonl"
+    path.unlink(missing_ok=True)
+    wall = time.perf_counter()
+    episodes = collect(task, schedule, problems, settings, path, show_progress=False)
+    wall = time.perf_counter() - wall
+    tokens = generator.stats.generated_tokens
+    return {
+        "tokens": tokens,
+        "generator_s": round(generator.stats.seconds, 2),
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens / generator.stats.seconds, 2),
+        "turns": sum(len(e.turns) for e in episodes),
+        "solved": sum(e.solved for e in episodes),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="any riselm model spec")
+    ap.add_argument("--quick", action="store_true", help="8 problems, 2 turns, N=2, 96 tokens")
+    ap.add_argument("--problems", type=int, default=32)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--n", type=int, default=4, help="candidates per improved turn")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=64, help="riselm HF backend batch size")
+    ap.add_argument("--contenders", default="naive,hf,vllm")
+    ap.add_argument("--output", type=Path, default=None, help="append a markdown section with the results here")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench-rollout"))
+    args = ap.parse_args()
+    if args.quick:
+        args.problems, args.turns, args.n, args.max_new_tokens = 8, 2, 2, 96
+
+    from riselm.models import load_model_and_tokenizer
+
+    task = get_task("gsm8k")
+    problems = task.load("test", limit=args.problems)
+    settings = CollectSettings(max_turns=args.turns, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    args.work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    contenders = args.contenders.split(",")
+    if "naive" in contenders or "hf" in contenders:
+        model, tokenizer = load_model_and_tokenizer(args.model)
+    if "naive" in contenders:
+        results["naive"] = run_contender("naive", NaiveHFGenerator(model, tokenizer), task, problems, settings, args.n, args.work)
+        print("naive", results["naive"], flush=True)
+    if "hf" in contenders:
+        from riselm.generation.hf import HFGenerator
+
+        gen = HFGenerator(model, tokenizer, batch_size=args.batch_size, name="hf")
+        results["hf"] = run_contender("hf", gen, task, problems, settings, args.n, args.work)
+        print("hf", results["hf"], flush=True)
+    if "vllm" in contenders:
+        try:
+            from riselm.generation.vllm import VLLMGenerator
+
+            gen = VLLMGenerator(str(__import__("riselm.models").models.resolve_model_dir(args.model)), max_model_len=2048)
+            results["vllm"] = run_contender("vllm", gen, task, problems, settings, args.n, args.work)
+            print("vllm", results["vllm"], flush=True)
+        except ImportError as e:
+            results["vllm"] = {"skipped": f"vllm not importable: {e}"}
+            print("vllm skipped:", e, flush=True)
+
+    def ratio(a):
+        if "tokens_per_s" in results.get(a, {}) and "tokens_per_s" in results.get("naive", {}):
+            return round(results[a]["tokens_per_s"] / results["naive"]["tokens_per_s"], 2)
+        return None
+
+    summary = {
+        **{f"{k}_tokens_per_s": v.get("tokens_per_s") for k, v in results.items()},
+        "hf_over_naive": ratio("hf"),
+        "vllm_over_naive": ratio("vllm"),
+    }
+    if args.output:
+        command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        lines = [
+            f"## {time.strftime('%Y-%m-%d')} — {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Workload: {args.problems} GSM8K test problems, up to {args.turns} turns, N={args.n} from turn 2, "
+            f"at most {args.max_new_tokens} new tokens, model {args.model}.",
+            "",
+            "| contender | tokens | generator s | tokens/s | turns | solved |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, v in results.items():
+            if "skipped" in v:
+                lines.append(f"| {k} | skipped: {v['skipped']} | | | | |")
+            else:
+                lines.append(f"| {k} | {v['tokens']} | {v['generator_s']} | {v['tokens_per_s']} | {v['turns']} | {v['solved']} |")
+        lines += ["", f"Summary: `{json.dumps(summary)}`", ""]
+        with open(args.output, "a") as f:
+            f.write("\n".join(lines) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

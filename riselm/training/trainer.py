@@ -1,0 +1,229 @@
+"""Reward-weighted fine-tuning: a transformers Trainer whose loss is RISE's weighted per-sample loss.
+
+Loss (spec §3): each sample's loss is the mean token cross-entropy over its trained tokens, times
+the sample's weight; the batch loss is the mean over samples. Weights are not normalised, as in the
+reference. With gradient accumulation (and several processes) the mean runs over every sample of the
+optimizer step, so micro-batch 4 × accumulation 16 gives the same update as one batch of 64.
+
+`train_weighted` is the one-call entry: model (or path), samples, output dir and a `TrainConfig`
+(riselm.training.config); it resumes from the last checkpoint in the output dir and saves the final model and
+tokenizer to `output_dir/final`. Multi-GPU runs (DDP, FSDP, DeepSpeed ZeRO-3) go through
+`accelerate launch --config_file configs/accelerate/<name>.yaml`; nothing here changes for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainingArguments
+
+from riselm.training.config import TrainConfig
+from riselm.training.samples import (
+    IGNORE_INDEX,
+    SampleFilter,
+    TrainingSample,
+    WeightedCollator,
+    load_training_samples,
+    tokenize_samples,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class WeightedTrainer(Trainer):
+    """A Trainer whose loss weighs each sample (batches from `WeightedCollator`).
+
+    Gradient accumulation: transformers asks `_get_num_items_in_batch` for a count over all the
+    micro-batches of one optimizer step and passes it to `compute_loss` as `num_items_in_batch`.
+    Here that count is the number of samples (summed over processes), so each micro-batch returns
+    its weighted sum divided by the step's sample count, the loss is already scaled for accumulation
+    (`loss_is_scaled_for_ga`) and the micro-batch losses add up to the mean over the step's samples.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        sample_index = inputs.pop("sample_index")
+        weights = inputs.pop("sample_weights")
+        outputs = model(**inputs, use_cache=False)
+        per_sample = per_sample_mean_ce(outputs.logits, labels, sample_index, len(weights))
+        weighted_sum = (per_sample * weights.to(per_sample.dtype)).sum()
+        if num_items_in_batch is None:  # called on its own: this batch is the whole step
+            loss = weighted_sum / len(weights)
+        else:  # DDP/FSDP/DeepSpeed average gradients over processes; undo that to get the mean over samples
+            loss = weighted_sum / num_items_in_batch * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """The number of samples in these micro-batches, over all processes (replaces the token count)."""
+        if not batch_samples or "sample_weights" not in batch_samples[0]:
+            return None
+        count = torch.tensor(sum(len(b["sample_weights"]) for b in batch_samples), device=device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+
+def per_sample_mean_ce(
+    logits: torch.Tensor, labels: torch.Tensor, sample_index: torch.Tensor, num_samples: int
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over each sample's trained tokens: a tensor of `num_samples` values.
+
+    Works on padded batches ([B, L], one sample per row) and packed ones ([1, T], several samples per
+    row) alike, since `sample_index` says which sample every position belongs to. Only trained
+    positions are projected to float32, so the cost stays close to the model's own loss.
+    """
+    labels = labels[:, 1:]
+    trained = labels != IGNORE_INDEX
+    token_logits = logits[:, :-1][trained].float()
+    token_ce = F.cross_entropy(token_logits, labels[trained], reduction="none")
+    owner = sample_index[:, 1:][trained]
+    sums = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(0, owner, token_ce)
+    counts = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(
+        0, owner, torch.ones_like(token_ce)
+    )
+    return sums / counts.clamp(min=1)
+
+
+# ---- one-call training ------------------------------------------------------------------------
+
+
+def training_arguments(config: TrainConfig, output_dir: str | Path, show_progress: bool = True) -> TrainingArguments:
+    """transformers TrainingArguments for `config`."""
+    bf16 = config.bf16 if config.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        optim=config.optimizer,
+        max_grad_norm=config.max_grad_norm,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        bf16=bf16,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        report_to=config.report_to or "none",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        remove_unused_columns=False,  # the collator's sample_index / sample_weights must reach compute_loss
+        label_names=["labels"],
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not show_progress,
+    )
+
+
+def train_weighted(
+    model_or_path,
+    samples: Sequence[TrainingSample],
+    output_dir: str | Path,
+    config: TrainConfig | Any = None,
+    *,
+    tokenizer=None,
+    callbacks: list | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Fine-tune on weighted samples; returns `output_dir/final` holding the model and tokenizer.
+
+    `model_or_path`: a causal LM, or a directory / hub id, loaded in float32 after the training
+    arguments exist so that DeepSpeed ZeRO-3 can shard it while loading. `tokenizer`: None loads
+    the model path's own. `config`: a TrainConfig, or a dict / pydantic model with its field names
+    (the run config's `train:` section). A checkpoint in `output_dir` is resumed from when
+    `config.resume` is set.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    config = TrainConfig.from_settings(config)
+    output_dir = Path(output_dir)
+    args = training_arguments(config, output_dir, show_progress)
+    if tokenizer is None:
+        if not isinstance(model_or_path, (str, Path)):
+            raise ValueError("a tokenizer is needed when the model is given as an object")
+        tokenizer = AutoTokenizer.from_pretrained(model_or_path)
+    model = model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        model = AutoModelForCausalLM.from_pretrained(
+            model_or_path, dtype=torch.float32, attn_implementation=config.attn_implementation
+        )
+    if config.lora:
+        model = _with_lora(model, config)
+
+    rows = tokenize_samples(tokenizer, samples, config.max_length)
+    if not rows:
+        raise ValueError(f"no trainable samples (of {len(samples)}) fit max_length={config.max_length}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    trainer = WeightedTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=WeightedCollator(pad_token_id=pad_id, pack=config.packing),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    checkpoint = get_last_checkpoint(str(output_dir)) if config.resume and output_dir.is_dir() else None
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    final = output_dir / "final"
+    _save_final(trainer, config, final)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(final)
+        (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    return final
+
+
+def train_from_file(
+    data: str | Path,
+    model: str | Path,
+    output_dir: str | Path,
+    config: TrainConfig | Any = None,
+    tau: float = 0.4,
+    filter: SampleFilter = "all",
+    dedup: bool = True,
+) -> Path:
+    """Train on an episodes file (weighted with `tau`, filtered by `filter`) or a samples file; `riselm train`."""
+    samples = load_training_samples(data, tau=tau, filter=filter, dedup=dedup)
+    logger.info("%d training samples from %s", len(samples), data)
+    return train_weighted(model, samples, output_dir, config)
+
+
+def _with_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _save_final(trainer: Trainer, config: TrainConfig, final: Path) -> None:
+    """Save the trained model; LoRA runs save a merged model unless asked for the adapter alone."""
+    merge = config.lora is not None and config.lora.merge
+    if merge and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        logger.warning("LoRA weights are not merged under DeepSpeed/FSDP sharding; saving the adapter alone")
+        merge = False
+    if not merge:
+        trainer.save_model(str(final))
+        return
+    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    if trainer.is_world_process_zero():
+        merged.save_pretrained(final)

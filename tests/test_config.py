@@ -1,0 +1,53 @@
+"""Run configs: shipped YAMLs validate, overrides apply, and every wrong key or value is a clear error."""
+
+from pathlib import Path
+
+import pytest
+
+from riselm.config import ConfigError, load_config, parse_schedule
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate_and_start_with_their_command(path):
+    assert path.read_text().splitlines()[0] == f"# riselm run configs/{path.name}"
+    load_config(path)
+
+
+def test_overrides_reach_nested_keys():
+    cfg = load_config(None, ["iterations=3", "train.learning_rate=2e-5", "collect.schedule=[{model: learner, n: 4}]"])
+    assert cfg.iterations == 3 and cfg.train.learning_rate == 2e-5
+    assert [(s.model, s.n) for s in cfg.collect.schedule] == [("learner", 4)]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trian.learning_rate=1", "unknown key 'trian'"),
+        ("train.lerning_rate=1", "unknown key 'train.lerning_rate'"),
+        ("eval.turns=zero", "eval.turns"),
+        ("eval.turns=0", "eval.turns"),
+        ("samples.filter=some", "samples.filter"),
+        ("collect.schedule=[{model: gpt4, n: 2}]", "'gpt4', which is not defined"),
+        ("iterations", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("iterations: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_parse_schedule():
+    assert [(s.model, s.n) for s in parse_schedule("learner:1, expert:4")] == [("learner", 1), ("expert", 4)]
+    with pytest.raises(ConfigError, match="MODEL:N"):
+        parse_schedule("learner:many")

@@ -1,0 +1,97 @@
+"""`riselm run` end to end on a tiny model: every stage's files, the summary, resume, early config errors."""
+
+import json
+
+import pytest
+
+from riselm.config import ConfigError, load_config
+from riselm.demo import demo_config, init_model
+from riselm.pipeline import run_pipeline
+
+TINY = [
+    "task.train_limit=6",
+    "task.eval_limit=3",
+    "task.options.train_size=50",
+    "task.options.test_size=10",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "boost.history_turns=1",
+    "boost.train.epochs=1",
+    "boost.train.batch_size=4",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "iterations=1",
+    "collect.max_turns=2",
+    "collect.schedule=[{model: learner, n: 1}, {model: learner, n: 2}]",
+    "collect.max_new_tokens=12",
+    "eval.turns=2",
+    "eval.parallel_samples=2",
+    "eval.max_new_tokens=12",
+    "learner.batch_size=16",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg, shape = demo_config(out, TINY)
+    init_model(__import__("pathlib").Path(cfg.model), shape)
+    stages = run_pipeline(cfg, show_progress=False)
+    return out, cfg, stages
+
+
+def test_every_stage_writes_its_folder(finished_run):
+    out, _, stages = finished_run
+    assert [s.name for s in stages] == ["boost", "iter1"]
+    for path in [
+        "config.yaml",
+        "boost/samples.jsonl",
+        "boost/train/final/config.json",
+        "boost/eval/episodes.sequential.jsonl",
+        "boost/eval/episodes.parallel.jsonl",
+        "iter1/collect/episodes.jsonl",
+        "iter1/samples.jsonl",
+        "iter1/train/final/config.json",
+        "iter1/eval/metrics.json",
+        "summary.md",
+        "summary.png",
+    ]:
+        assert (out / path).exists(), path
+
+
+def test_summary_has_table_keys_per_stage(finished_run):
+    out, _, _ = finished_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["boost", "iter1"]
+    for stage in summary["stages"]:
+        assert set(stage) >= {"m1@t1", "m5@t1", "m1@t5", "p1@t5", "acc@tk"}
+        assert stage["m5@t1"] is None and stage["m1@t5"] is None  # only 2 turns and 2 samples were run
+        assert len(stage["m1@tk"]) == 2 and all(0 <= v <= 100 for v in stage["m1@tk"])
+
+
+def test_rerun_resumes_without_redoing_work(finished_run):
+    out, cfg, _ = finished_run
+    collected = (out / "iter1/collect/episodes.jsonl").read_text()
+    model_mtime = (out / "iter1/train/final/config.json").stat().st_mtime
+    # lose the last stage's evaluation, as a crash during it would
+    (out / "iter1/eval/episodes.parallel.jsonl").unlink()
+    (out / "iter1/eval/metrics.json").unlink()
+    stages = run_pipeline(cfg, show_progress=False)
+    assert (out / "iter1/collect/episodes.jsonl").read_text() == collected
+    assert (out / "iter1/train/final/config.json").stat().st_mtime == model_mtime
+    assert (out / "iter1/eval/episodes.parallel.jsonl").exists()
+    assert stages[-1].parallel["samples"] == 2
+
+
+def test_missing_model_fails_before_any_work(tmp_path):
+    cfg = load_config(None, [f"out={tmp_path / 'run'}", f"model={tmp_path / 'no-such-model'}"])
+    with pytest.raises(ConfigError, match="no-such-model"):
+        run_pipeline(cfg, show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_task_fails_before_any_work(tmp_path):
+    cfg = load_config(None, [f"out={tmp_path / 'run'}", "task.name=chess"])
+    with pytest.raises(ValueError, match="known tasks"):
+        run_pipeline(cfg, show_progress=False)
