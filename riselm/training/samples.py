@@ -326,19 +326,70 @@ def tokenize_sample(tokenizer, messages: Conversation, max_length: int) -> dict[
     }
 
 
-def tokenize_samples(tokenizer, samples: Sequence[TrainingSample], max_length: int) -> list[dict[str, Any]]:
-    """Tokenized rows {input_ids, labels, weight} for training; samples that cannot fit are dropped (logged)."""
-    rows = []
-    for sample in samples:
-        row = tokenize_sample(tokenizer, sample.messages, max_length)
-        if row is not None:
-            rows.append({**row, "weight": float(sample.weight)})
-    dropped = len(samples) - len(rows)
+def tokenize_samples(
+    tokenizer, samples: Sequence[TrainingSample], max_length: int, share_prefixes: bool = False
+) -> list[dict[str, Any]]:
+    """Tokenized rows {input_ids, labels, owners, weights} for training; samples that cannot fit are dropped (logged).
+
+    A row normally holds one sample. With `share_prefixes`, the samples of one episode whose
+    conversations are prefixes of its longest one (the turns of a RISE rollout, the history turns of
+    a boost problem) share the longest one's row: each keeps its own trained span, weight and
+    per-sample mean, and since attention is causal its logits are exactly those of its own row, so
+    the loss is unchanged while the shared context is computed once instead of once per turn.
+    `owners` gives, for every token, the index (into `weights`) of the sample it trains.
+    """
+    rows: list[dict[str, Any]] = []
+    kept = 0
+    groups = _prefix_groups(samples) if share_prefixes else [[s] for s in samples]
+    for group in groups:
+        tokenized = [(s, tokenize_sample(tokenizer, s.messages, max_length)) for s in group]
+        tokenized = [(s, r) for s, r in tokenized if r is not None]
+        kept += len(tokenized)
+        while tokenized:
+            (longest, base), rest = tokenized[-1], tokenized[:-1]
+            row = {**base, "owners": [0] * len(base["input_ids"]), "weights": [float(longest.weight)]}
+            tokenized = []
+            for sample, r in rest:
+                if not _add_span(row, r, float(sample.weight)):
+                    tokenized.append((sample, r))  # truncated or tokenized differently: its own row
+            rows.append(row)
+    dropped = len(samples) - kept
     if dropped:
         logger.warning(
             "dropped %d of %d samples whose response alone exceeds max_length=%d", dropped, len(samples), max_length
         )
     return rows
+
+
+def _prefix_groups(samples: Sequence[TrainingSample]) -> list[list[TrainingSample]]:
+    """Samples grouped by episode, shortest conversation first; only prefixes of the longest join a group."""
+    by_episode: dict[Any, list[TrainingSample]] = {}
+    for s in samples:
+        by_episode.setdefault(s.episode_id, []).append(s)
+    groups = []
+    for members in by_episode.values():
+        members = sorted(members, key=lambda s: len(s.messages))
+        longest = members[-1].messages
+        shared = [s for s in members if s.messages == longest[: len(s.messages)]]
+        groups.append(shared)
+        groups.extend([s] for s in members if not any(s is t for t in shared))
+    return groups
+
+
+def _add_span(row: dict[str, Any], sample_row: dict[str, list[int]], weight: float) -> bool:
+    """Mark a shorter sample's trained span inside `row` when its tokens are a prefix of the row's."""
+    n = len(sample_row["input_ids"])
+    if row["input_ids"][:n] != sample_row["input_ids"]:
+        return False
+    owner = len(row["weights"])
+    trained = [i for i, label in enumerate(sample_row["labels"]) if label != IGNORE_INDEX]
+    if any(row["labels"][i] != IGNORE_INDEX for i in trained):
+        return False  # the spans would overlap: never for distinct turns, but stay exact
+    for i in trained:
+        row["labels"][i] = sample_row["labels"][i]
+        row["owners"][i] = owner
+    row["weights"].append(weight)
+    return True
 
 
 # ---- batches ----------------------------------------------------------------------------------
@@ -354,8 +405,9 @@ class WeightedCollator:
     (sdpa, eager, flash) then keeps the samples apart. The first token of every sample is never a
     label, so no prediction crosses a sample boundary.
 
-    Both give `sample_index` (the sample each token belongs to, -1 for padding) and `sample_weights`
-    (one per sample), from which the trainer forms the per-sample loss.
+    Both give `sample_index` (the sample each trained token belongs to; a row may train several
+    samples, see `tokenize_samples(share_prefixes=True)`) and `sample_weights` (one per sample), from
+    which the trainer forms the per-sample loss.
     """
 
     pad_token_id: int
@@ -364,7 +416,10 @@ class WeightedCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        weights = torch.tensor([float(r["weight"]) for r in rows], dtype=torch.float32)
+        weights = torch.tensor([w for r in rows for w in r["weights"]], dtype=torch.float32)
+        offsets = [0]
+        for r in rows:
+            offsets.append(offsets[-1] + len(r["weights"]))
         if self.pack:
             input_ids, labels, positions, index = [], [], [], []
             for i, r in enumerate(rows):
@@ -372,7 +427,7 @@ class WeightedCollator:
                 input_ids += r["input_ids"]
                 labels += [IGNORE_INDEX] + list(r["labels"][1:])
                 positions += list(range(n))
-                index += [i] * n
+                index += [offsets[i] + o for o in r["owners"]]
             return {
                 "input_ids": torch.tensor([input_ids]),
                 "labels": torch.tensor([labels]),
@@ -390,7 +445,7 @@ class WeightedCollator:
             input_ids[i, :n] = torch.tensor(r["input_ids"])
             labels[i, :n] = torch.tensor(r["labels"])
             attention[i, :n] = 1
-            index[i, :n] = i
+            index[i, :n] = torch.tensor(r["owners"]) + offsets[i]
         return {
             "input_ids": input_ids,
             "attention_mask": attention,

@@ -162,7 +162,7 @@ def train_weighted(
     if config.lora:
         model = _with_lora(model, config)
 
-    rows = tokenize_samples(tokenizer, samples, config.max_length)
+    rows = tokenize_samples(tokenizer, samples, config.max_length, share_prefixes=config.share_prefixes)
     if not rows:
         raise ValueError(f"no trainable samples (of {len(samples)}) fit max_length={config.max_length}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -299,9 +299,36 @@ def test_tokenize_samples_drops_too_long_and_carries_weights():
     short = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "a", 0)
     long = TrainingSample(CONVERSATION[:2] + [{"role": "assistant", "content": "x" * 200}], 1.0, 12.0, "b", 0)
     rows = tokenize_samples(tok, [short, long, short], max_length=100)
-    assert len(rows) == 2 and [r["weight"] for r in rows] == [1.0, 1.0]
+    assert len(rows) == 2 and [r["weights"] for r in rows] == [[1.0], [1.0]]
     rows = tokenize_samples(tok, [short, long], max_length=400)
-    assert [r["weight"] for r in rows] == [1.0, 12.0]
+    assert [r["weights"] for r in rows] == [[1.0], [12.0]]
+
+
+def test_shared_prefix_rows_hold_every_turn_of_an_episode():
+    tok = chatml_tokenizer()
+    turn1 = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "ep", 0)
+    turn2 = TrainingSample(CONVERSATION[:5], 1.0, 12.0, "ep", 1)
+    other = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "other", 0)
+    separate = tokenize_samples(tok, [turn1, turn2, other], max_length=512)
+    shared = tokenize_samples(tok, [turn1, turn2, other], max_length=512, share_prefixes=True)
+    assert len(separate) == 3 and len(shared) == 2
+    row = next(r for r in shared if len(r["weights"]) == 2)
+    assert row["input_ids"] == separate[1]["input_ids"]
+    # each sample's trained tokens sit at the same positions, with the same labels, as in its own row
+    for owner, alone in [(1, separate[0]), (0, separate[1])]:
+        mine = [i for i, (label, o) in enumerate(zip(row["labels"], row["owners"])) if label != IGNORE_INDEX and o == owner]
+        assert mine == [i for i, label in enumerate(alone["labels"]) if label != IGNORE_INDEX]
+        assert [row["labels"][i] for i in mine] == [alone["labels"][i] for i in mine]
+    assert sorted(row["weights"]) == [1.0, 12.0]
+
+
+def test_shared_prefix_falls_back_to_own_row_when_truncated():
+    tok = chatml_tokenizer()
+    turn1 = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "ep", 0)
+    turn2 = TrainingSample(CONVERSATION[:5], 1.0, 12.0, "ep", 1)
+    length = len(tokenize_samples(tok, [turn2], max_length=512)[0]["input_ids"])
+    rows = tokenize_samples(tok, [turn1, turn2], max_length=length - 3, share_prefixes=True)
+    assert len(rows) == 2  # turn 2 lost its first context tokens: turn 1 is no longer its prefix
 
 
 # ---- batches ----------------------------------------------------------------------------------
@@ -309,8 +336,8 @@ def test_tokenize_samples_drops_too_long_and_carries_weights():
 
 def test_collator_pads_and_packs_with_sample_indices_and_weights():
     rows = [
-        {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7], "weight": 2.0},
-        {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9], "weight": 0.5},
+        {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7], "owners": [0, 0, 0], "weights": [2.0]},
+        {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9], "owners": [0, 0], "weights": [0.5]},
     ]
     padded = WeightedCollator(pad_token_id=0)(rows)
     assert padded["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
@@ -326,3 +353,15 @@ def test_collator_pads_and_packs_with_sample_indices_and_weights():
     assert packed["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
     assert packed["sample_index"].tolist() == [[0, 0, 0, 1, 1]]
     assert packed["sample_weights"].tolist() == [2.0, 0.5]
+
+
+def test_collator_numbers_several_samples_of_one_row():
+    rows = [
+        {"input_ids": [5, 6, 7, 8], "labels": [IGNORE_INDEX, 6, IGNORE_INDEX, 8], "owners": [0, 1, 0, 0], "weights": [2.0, 3.0]},
+        {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9], "owners": [0, 0], "weights": [0.5]},
+    ]
+    padded = WeightedCollator(pad_token_id=0)(rows)
+    assert padded["sample_index"].tolist() == [[0, 1, 0, 0], [2, 2, -1, -1]]
+    assert padded["sample_weights"].tolist() == [2.0, 3.0, 0.5]
+    packed = WeightedCollator(pad_token_id=0, pack=True)(rows)
+    assert packed["sample_index"].tolist() == [[0, 1, 0, 0, 2, 2]]

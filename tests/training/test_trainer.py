@@ -59,10 +59,10 @@ def make_trainer(model, tmp_path, tok):
     )
 
 
-def batch(tok, samples, pack=False, weights=None):
-    rows = tokenize_samples(tok, samples, max_length=512)
+def batch(tok, samples, pack=False, weights=None, share_prefixes=False):
+    rows = tokenize_samples(tok, samples, max_length=512, share_prefixes=share_prefixes)
     if weights is not None:
-        rows = [{**r, "weight": w} for r, w in zip(rows, weights)]
+        rows = [{**r, "weights": [w]} for r, w in zip(rows, weights)]
     return WeightedCollator(tok.pad_token_id, pack=pack)(rows)
 
 
@@ -89,6 +89,24 @@ def test_loss_is_mean_over_samples_of_weight_times_mean_token_ce(tmp_path, char_
         out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
         expected.append(sample.weight * out.loss)  # the model's own loss: mean CE over the trained tokens
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_shared_prefix_rows_give_the_same_loss_and_gradients_as_one_row_per_turn(tmp_path, char_tokenizer, pack):
+    tok = char_tokenizer
+    history = [{"role": "user", "content": "6*7?"}, {"role": "assistant", "content": "\\boxed{41}"},
+               {"role": "user", "content": "Try again."}, {"role": "assistant", "content": "\\boxed{43}"},
+               {"role": "user", "content": "Try again."}, {"role": "assistant", "content": "6*7 = 42, \\boxed{42}"}]
+    turns = [TrainingSample(history[: 2 * t + 2], r, w, "d", t) for t, (r, w) in enumerate([(0, 1.0), (0, 0.5), (1, 12.18)])]
+    samples = turns + make_samples()[:2]
+    model = make_model(tok)
+    trainer = make_trainer(model, tmp_path, tok)
+    separate, shared = batch(tok, samples, pack=pack), batch(tok, samples, pack=pack, share_prefixes=True)
+    assert shared["input_ids"].numel() < separate["input_ids"].numel()
+    assert len(shared["sample_weights"]) == len(separate["sample_weights"]) == 5
+    assert trainer.compute_loss(model, shared).item() == pytest.approx(trainer.compute_loss(model, separate).item(), rel=1e-5)
+    for a, b in zip(grads(trainer, model, shared), grads(trainer, model, separate)):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tmp_path, char_tokenizer):
