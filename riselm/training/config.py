@@ -39,6 +39,7 @@ class TrainConfig(BaseModel):
     grad_accum: int = Field(8, ge=1)  # micro-batches accumulated per optimizer step
     max_length: int = Field(2048, ge=2)  # tokens per sample; longer contexts are cut from the left (paper: 2048)
     packing: bool = False  # one padding-free row per micro-batch; pays with flash_attention_2 (slower with sdpa)
+    share_prefixes: bool = True  # all turns of an episode in one row: same loss, shared context computed once (batch_size then counts rows)
     # -- precision and memory
     bf16: bool | None = None  # bf16 mixed precision; None: on when the GPU supports it (never on CPU)
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory (paper: on, for 7B)

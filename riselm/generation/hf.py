@@ -1,0 +1,206 @@
+"""Generation with a Hugging Face transformers model, batched across conversations and samples.
+
+Every (conversation, sample) pair becomes one row: prompts are rendered with the tokenizer's own
+chat template, sorted by length so that rows of similar length share a batch (less padding), padded
+on the left, generated in chunks, and put back in their original order.
+
+Reproducibility: with `params.seed` set, the same call (same conversations, params, batch settings,
+model, device and library versions) returns the same completions. A sample does not keep its value
+when the batch around it changes (another batch size, more conversations), because transformers
+draws the random numbers of a whole batch from one stream. Greedy decoding (temperature 0) does not
+depend on the batch: batched and one-at-a-time generation give the same text (tested), up to
+floating-point ties.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One sequence to generate: a prompt's token ids and where its completion goes."""
+
+    conversation: int  # index into the conversations of the call
+    sample: int  # 0 .. n-1
+    prompt_ids: list[int]
+
+
+class HFGenerator:
+    """A transformers causal LM behind the `Generator` interface.
+
+    batch_size: the most rows (prompt x sample) generated together.
+    max_batch_tokens: optionally also bound rows x (longest prompt + max_new_tokens) per batch,
+        which keeps memory flat when prompts are long.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_batch_tokens: int | None = None, name: str | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if tokenizer.chat_template is None:
+            raise ValueError("the tokenizer has no chat template; HFGenerator renders every prompt with it")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.stats = GenerationStats()
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_token_ids = _end_token_ids(model, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, spec: str, device=None, dtype=None, **options) -> HFGenerator:
+        """Load `spec` (directory, .gguf file, named model or Hub id; see riselm.models) and wrap it."""
+        from riselm.models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(spec, device=device, dtype=dtype)
+        return cls(model, tokenizer, name=options.pop("name", str(spec)), **options)
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        import torch
+
+        started = time.perf_counter()
+        prompts = [self._prompt_ids(index, conversation, params) for index, conversation in enumerate(conversations)]
+        rows = [_Row(index, sample, prompt) for index, prompt in enumerate(prompts) for sample in range(params.n)]
+        rows.sort(key=lambda row: len(row.prompt_ids))  # stable: equal lengths keep their order
+        results: list[list[Completion | None]] = [[None] * params.n for _ in conversations]
+        with torch.random.fork_rng(devices=self._cuda_devices(), enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for batch in self._batches(rows, params.max_new_tokens):
+                for row, completion in zip(batch, self._generate_batch(batch, params)):
+                    results[row.conversation][row.sample] = completion
+        self._count(conversations, results, time.perf_counter() - started)
+        return results
+
+    def _prompt_ids(self, index: int, conversation: Conversation, params: SamplingParams) -> list[int]:
+        ids = list(
+            self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None and len(ids) + params.max_new_tokens > limit:
+            # Absolute position embeddings (GPT-2) would fail with an index error deep inside the model.
+            raise ValueError(
+                f"conversation {index} has {len(ids)} prompt tokens; with max_new_tokens={params.max_new_tokens} "
+                f"it exceeds the model's {limit} positions (shorten the history, e.g. with a context window)"
+            )
+        return ids
+
+    def _batches(self, rows: list[_Row], max_new_tokens: int) -> list[list[_Row]]:
+        """Consecutive rows (sorted by length) in chunks bounded by batch_size and max_batch_tokens."""
+        batches: list[list[_Row]] = []
+        for row in rows:
+            current = batches[-1] if batches else None
+            if current is None or not self._fits(current, row, max_new_tokens):
+                batches.append([row])
+            else:
+                current.append(row)
+        return batches
+
+    def _fits(self, batch: list[_Row], row: _Row, max_new_tokens: int) -> bool:
+        if len(batch) >= self.batch_size:
+            return False
+        if self.max_batch_tokens is None:
+            return True
+        longest = max(len(row.prompt_ids), *(len(other.prompt_ids) for other in batch))
+        return (len(batch) + 1) * (longest + max_new_tokens) <= self.max_batch_tokens
+
+    def _generate_batch(self, batch: list[_Row], params: SamplingParams) -> list[Completion]:
+        import torch
+
+        width = max(len(row.prompt_ids) for row in batch)
+        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):  # left padding: every prompt ends at the last column
+            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            attention_mask[i, width - len(row.prompt_ids) :] = 1
+        device = self.model.device
+        with torch.inference_mode():
+            # transformers derives position ids from the attention mask, so left padding does not
+            # shift absolute positions (GPT-2); tests compare batched and single generation.
+            sequences = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                **self._generate_options(params),
+            )
+        new_tokens = sequences[:, width:].tolist()
+        return [self._completion(tokens, params) for tokens in new_tokens]
+
+    def _generate_options(self, params: SamplingParams) -> dict:
+        options = dict(
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids,
+            do_sample=not params.greedy,
+            repetition_penalty=1.0,
+        )
+        if not params.greedy:
+            # Only SamplingParams shape the distribution: transformers would otherwise apply the
+            # model's (or its own default) top_k=50.
+            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.stop:
+            options.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        return options
+
+    def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
+        """Text of one generated row: cut at the end-of-turn token or the first stop string."""
+        end = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
+        if end is not None:
+            text = self._decode(tokens[:end])
+            num_tokens, finish_reason = end + 1, "stop"
+        else:
+            text = self._decode(tokens)
+            num_tokens, finish_reason = len(tokens), "length"
+        cut = _first_stop(text, params.stop)
+        if cut is not None:
+            text = text[:cut]
+            num_tokens = self._tokens_until_stop(tokens[:num_tokens], params.stop)
+            finish_reason = "stop"
+        return Completion(text=text, num_tokens=num_tokens, finish_reason=finish_reason)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _tokens_until_stop(self, tokens: list[int], stop: tuple[str, ...]) -> int:
+        """The fewest leading tokens whose text holds a stop string (the rest is padding after the stop)."""
+        low, high = 1, len(tokens)  # binary search: a longer prefix holds whatever a shorter one does
+        while low < high:
+            middle = (low + high) // 2
+            if _first_stop(self._decode(tokens[:middle]), stop) is None:
+                low = middle + 1
+            else:
+                high = middle
+        return high
+
+    def _cuda_devices(self) -> list:
+        device = self.model.device
+        return [device] if device.type == "cuda" else []
+
+    def _count(self, conversations, results: list[list[Completion]], seconds: float) -> None:
+        self.stats.calls += 1
+        self.stats.prompts += len(conversations)
+        self.stats.completions += sum(len(completions) for completions in results)
+        self.stats.generated_tokens += sum(c.num_tokens for completions in results for c in completions)
+        self.stats.seconds += seconds
+
+
+def _end_token_ids(model, tokenizer) -> list[int]:
+    """Tokens that end a turn: the tokenizer's eos and every eos of the model's generation config."""
+    ids = []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token in [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]:
+        if token is not None and token not in ids:
+            ids.append(token)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config names an eos token")
+    return ids
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    positions = [text.find(s) for s in stop if s and s in text]
+    return min(positions) if positions else None

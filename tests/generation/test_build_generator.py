@@ -1,0 +1,33 @@
+"""build_generator: one entry point for every backend, tolerant of options meant for other backends."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from riselm.generation import build_generator
+from riselm.generation.hf import HFGenerator
+from riselm.generation.openai_compat import OpenAIGenerator
+
+
+def test_hf_backend_loads_the_model_and_ignores_http_options(tiny_model_dir):
+    generator = build_generator(str(tiny_model_dir), backend="hf", base_url=None, api_key_env="X", batch_size=3, device="cpu")
+    assert isinstance(generator, HFGenerator) and generator.batch_size == 3
+
+
+def test_openai_backend_uses_the_url_and_model_name():
+    generator = build_generator("served-model", backend="openai", base_url="http://127.0.0.1:9/v1", batch_size=8, max_concurrency=2)
+    assert isinstance(generator, OpenAIGenerator)
+    assert (generator.model, generator.base_url, generator.max_concurrency) == ("served-model", "http://127.0.0.1:9/v1", 2)
+
+
+def test_missing_vllm_backend_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "riselm.generation.vllm", None)  # makes the import fail
+    with pytest.raises(ValueError, match=r"riselm\[vllm\]"):
+        build_generator("smollm2", backend="vllm")
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown generation backend 'tgi'"):
+        build_generator("m", backend="tgi")
