@@ -45,6 +45,7 @@ class ScheduleStep(_Section):
 
 
 class CollectConfig(_Section):
+    limit: int | None = None  # roll out only the first N training problems each iteration (default: all)
     max_turns: int = Field(5, ge=1)
     schedule: list[ScheduleStep] = [ScheduleStep(model="learner", n=1), ScheduleStep(model="learner", n=16)]
     temperature: float = 1.0

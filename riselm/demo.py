@@ -20,25 +20,23 @@ from riselm.config import RunConfig, apply_overrides, load_config
 DEMO_CONFIG = """
 task:
   name: arithmetic
-  options: {digits: 3, operands: 2, ops: "+", train_size: 4000, test_size: 500}
-  train_limit: 4000
+  options: {digits: 3, operands: 2, ops: "+", train_size: 10000, test_size: 500}
   eval_limit: 500
-model:
-  hidden_size: 128
-  num_layers: 2
-  num_heads: 4
-learner: {backend: hf, batch_size: 512}
+model: {hidden_size: 64, num_layers: 2, num_heads: 4}
+learner: {backend: hf, batch_size: 1024}
 boost:
   enabled: true
   history_turns: 4
-  train: {learning_rate: 3.0e-3, epochs: 2, batch_size: 64, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 50}
+  limit: 8000
+  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 32, grad_accum: 1, warmup_ratio: 0.05, max_length: 1024, save_steps: 100000, logging_steps: 50}
 iterations: 2
 collect:
+  limit: 2000
   max_turns: 5
-  schedule: [{model: learner, n: 1}, {model: learner, n: 8}]
+  schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
   max_new_tokens: 80
   chunk_size: 1000
-train: {learning_rate: 1.0e-3, epochs: 2, batch_size: 64, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 50}
+train: {learning_rate: 1.0e-3, epochs: 1, batch_size: 32, grad_accum: 1, warmup_ratio: 0.05, max_length: 1024, save_steps: 100000, logging_steps: 50}
 eval: {turns: 5, parallel_samples: 5, max_new_tokens: 80, chunk_size: 500}
 """
 
@@ -71,7 +69,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), show_prog
 
     from riselm.pipeline import run_pipeline
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # A tiny model is dominated by per-op overhead: one thread is fastest, and never spins on a busy core.
+    torch.set_num_threads(1)
     cfg, shape = demo_config(out, overrides)
     init_model(Path(cfg.model), shape, seed=cfg.seed)
     return run_pipeline(cfg, show_progress=show_progress)

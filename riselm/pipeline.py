@@ -159,7 +159,8 @@ def collect_stage(
         seed=cfg.seed,
         chunk_size=cfg.collect.chunk_size,
     )
-    episodes = collect(task, schedule, problems, settings, episodes_path, show_progress)
+    chosen = list(problems)[: cfg.collect.limit] if cfg.collect.limit else list(problems)
+    episodes = collect(task, schedule, chosen, settings, episodes_path, show_progress)
     (collect_dir / "DONE").write_text("")
     _release(generators)
     return episodes

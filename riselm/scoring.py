@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from riselm.jsonl import DataError, iter_jsonl, write_jsonl
+from riselm.rollout.scoring import score_responses
 from riselm.tasks import Task, get_task
 
 
 def score_rows(task: Task, rows: Iterable[dict[str, Any]], source: str = "<rows>") -> list[dict[str, Any]]:
     """The rows with `pred` and `reward` added; `source` names them in errors ("<source>:<row number>")."""
-    return [_score_row(task, row, source, number) for number, row in enumerate(rows, start=1)]
+    return _score_numbered(task, list(enumerate(rows, start=1)), source)
 
 
 def score_file(task_name: str, path: str | Path, output: str | Path | None = None, **task_options) -> list[dict]:
@@ -29,7 +30,7 @@ def score_file(task_name: str, path: str | Path, output: str | Path | None = Non
     """
     task = get_task(task_name, **task_options)
     required = (*task.row_fields, "response")
-    scored = [_score_row(task, row, str(path), lineno) for lineno, row in iter_jsonl(path, required)]
+    scored = _score_numbered(task, list(iter_jsonl(path, required)), str(path))
     if output is None:
         for row in scored:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -39,15 +40,23 @@ def score_file(task_name: str, path: str | Path, output: str | Path | None = Non
     return scored
 
 
-def _score_row(task: Task, row: dict[str, Any], source: str, lineno: int) -> dict[str, Any]:
+def _score_numbered(task: Task, numbered: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
+    """Check every (line number, row) first, then score them all at once (code tasks run concurrently)."""
+    problems = [_problem_of_row(task, row, source, lineno) for lineno, row in numbered]
+    scores = score_responses(task, problems, [row["response"] for _, row in numbered])
+    out = []
+    for (_, row), score in zip(numbered, scores):
+        scored = {**row, "pred": score.pred, "reward": score.reward}
+        if score.feedback is not None:
+            scored["feedback"] = score.feedback
+        out.append(scored)
+    return out
+
+
+def _problem_of_row(task: Task, row: Any, source: str, lineno: int):
     if not isinstance(row, dict):
         raise DataError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
     if not isinstance(row.get("response"), str):
         raise DataError(f"{source}:{lineno}: expected 'response' holding the text to score as a string")
     # The task's own row check: missing fields and invalid rows raise DataError naming source:lineno.
-    problem = task._problem(row, lineno - 1, "score", source)
-    score = task.score(problem, row["response"])
-    scored = {**row, "pred": score.pred, "reward": score.reward}
-    if score.feedback is not None:
-        scored["feedback"] = score.feedback
-    return scored
+    return task.problem_of_row(row, lineno - 1, "score", source)

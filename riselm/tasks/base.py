@@ -70,9 +70,10 @@ class Task(ABC):
             rows, source = self._rows_from_shipped(split), f"riselm/data/{self.files.get(split, '')}"
         if limit is not None:
             rows = rows[:limit]
-        return [self._problem(row, i, split, source) for i, row in enumerate(rows)]
+        return [self.problem_of_row(row, i, split, source) for i, row in enumerate(rows)]
 
-    def _problem(self, row: dict, index: int, split: str, source: str) -> Problem:
+    def problem_of_row(self, row: dict, index: int, split: str, source: str) -> Problem:
+        """A Problem from row `index` (0-based) of `source`, with a DataError naming source:line when invalid."""
         missing = [k for k in self.row_fields if k not in row]
         if missing:
             raise DataError(
