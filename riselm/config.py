@@ -63,6 +63,7 @@ class SamplesConfig(_Section):
 class BoostConfig(_Section):
     enabled: bool = False
     history_turns: int = 0  # prepend up to this many wrong attempts (+ retry message) before the gold solution
+    every_depth: bool = True  # one sample per number of attempts 0..history_turns (False: one, drawn at random)
     limit: int | None = None  # gold solutions used (default: all training problems)
     train: TrainConfig = TrainConfig()
 

@@ -27,6 +27,7 @@ learner: {backend: hf, batch_size: 1024}
 boost:
   enabled: true
   history_turns: 4
+  every_depth: false
   limit: 8000
   train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 32, grad_accum: 1, warmup_ratio: 0.05, max_length: 1024, save_steps: 100000, logging_steps: 50}
 iterations: 2

@@ -132,7 +132,9 @@ def boost(cfg: RunConfig, task: Task, problems: Sequence[Problem], model: str, s
     from riselm.training.boost import boost_samples
 
     chosen = list(problems)[: cfg.boost.limit] if cfg.boost.limit else list(problems)
-    samples = boost_samples(task, chosen, with_history_turns=cfg.boost.history_turns, seed=cfg.seed)
+    samples = boost_samples(
+        task, chosen, with_history_turns=cfg.boost.history_turns, seed=cfg.seed, every_depth=cfg.boost.every_depth
+    )
     _save_samples(samples, stage_dir / "samples.jsonl")
     return train_stage(cfg.boost.train, samples, model, stage_dir / "train", show_progress)
 

@@ -38,12 +38,15 @@ def boost_samples(
     wrong_attempt: WrongAttempt | None = None,
     seed: int = 0,
     system: str | None = None,
+    every_depth: bool = True,
 ) -> list[TrainingSample]:
     """Weight-1 samples that train on each problem's gold solution, after 0..k wrong attempts.
 
     Problems without a solution are skipped. The k wrong attempts of a problem are drawn once
     (distinct, each scored wrong by `task`), and the conversation with j attempts uses the first j,
     as turns of one episode would. Fewer than k turns are used when no more wrong attempts are found.
+    `every_depth=False` keeps one conversation per problem, with a number of attempts drawn uniformly
+    from 0..k: the same coverage of later turns for about 2/(k+2) of the tokens.
     """
     if with_history_turns < 0:
         raise ValueError(f"with_history_turns must be >= 0, got {with_history_turns}")
@@ -61,7 +64,8 @@ def boost_samples(
         rng = random.Random(f"{seed}:{problem.id}")  # per problem, so the data do not depend on the order
         attempts = _wrong_attempts(task, problem, with_history_turns, wrong_attempt, rng)
         short += len(attempts) < with_history_turns
-        for j in range(len(attempts) + 1):
+        depths = range(len(attempts) + 1) if every_depth else [rng.randint(0, len(attempts))]
+        for j in depths:
             messages = _conversation(task, problem, attempts[:j], system)
             messages.append({"role": "assistant", "content": problem.solution})
             samples.append(TrainingSample(messages=messages, reward=1.0, weight=1.0, episode_id=problem.id, turn=j))

@@ -125,3 +125,18 @@ def test_a_task_without_solutions_is_an_error():
         boost_samples(ToyTask(), PROBLEMS[4:])
     with pytest.raises(ValueError, match="with_history_turns"):
         boost_samples(ToyTask(), PROBLEMS, with_history_turns=-1)
+
+
+def test_one_random_depth_per_problem_covers_every_depth():
+    from riselm.tasks import get_task
+
+    task = get_task("arithmetic", train_size=200, test_size=10)
+    problems = task.load("train")
+    solution = {p.id: p.solution for p in problems}
+    samples = boost_samples(task, problems, with_history_turns=3, every_depth=False, seed=1)
+    assert len(samples) == len(problems)
+    depths = {s.turn for s in samples}
+    assert depths == {0, 1, 2, 3}
+    for s in samples:  # j attempts -> 1 + 2j messages before the trained solution
+        assert len(s.messages) == 2 + 2 * s.turn
+        assert s.messages[-1]["content"] == solution[s.episode_id]
