@@ -23,6 +23,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _task_options(options: list[str]) -> dict:
+    """--task-option KEY=VALUE pairs (values read as YAML) as task constructor options."""
+    from riselm.config import apply_overrides
+
+    return _run(apply_overrides, {}, options)
+
+
+TASK_OPTION_HELP = "Task option KEY=VALUE, repeatable (e.g. feedback=true for code tasks, digits=4 for arithmetic)."
+
+
 def _run(fn, *args, **kwargs):
     """Call a library function; turn user errors (bad data, unknown names) into a clean message and exit 2."""
     from riselm.generation.errors import BackendUnavailable
@@ -50,11 +60,12 @@ def score_command(
     task: str = typer.Option(..., "--task", "-t", help="Task name (see `riselm tasks`)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     unparsable_reward: float = typer.Option(0.0, help="Reward of a response without a final answer (the reference uses -1)."),
+    task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
 ) -> None:
     """Score model responses: every row is written back with `pred` and `reward` added."""
     from riselm.scoring import score_file
 
-    _run(score_file, task, file, output=output, unparsable_reward=unparsable_reward)
+    _run(score_file, task, file, output=output, unparsable_reward=unparsable_reward, **_task_options(task_option))
 
 
 @app.command("metrics")
@@ -93,6 +104,7 @@ def eval_command(
     chunk_size: int = typer.Option(256, help="Problems generated (and saved) together."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output directory (re-running resumes)."),
     unparsable_reward: float = typer.Option(0.0),
+    task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
 ) -> None:
     """Multi-turn evaluation: episodes, metrics.json, report.md and accuracy.png in --out."""
     from riselm.evaluation.evaluate import evaluate
@@ -100,7 +112,7 @@ def eval_command(
     from riselm.generation import build_generator
     from riselm.tasks import get_task
 
-    task_obj = _run(get_task, task, unparsable_reward=unparsable_reward)
+    task_obj = _run(get_task, task, unparsable_reward=unparsable_reward, **_task_options(task_option))
     problems = _run(task_obj.load, split=split, data=data, limit=limit)
     generator = _run(build_generator, model, backend=backend, base_url=base_url, batch_size=batch_size)
     settings = EvalSettings(
@@ -136,6 +148,7 @@ def collect_command(
     batch_size: int = typer.Option(16),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/collect"), "--out", "-o", help="Writes OUT/episodes.jsonl (re-running resumes)."),
+    task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
 ) -> None:
     """RISE data collection: on-policy turns, then best-of-N from the learner or an expert after each wrong turn."""
     from riselm.config import parse_schedule
@@ -145,7 +158,7 @@ def collect_command(
     from riselm.tasks import get_task
 
     steps = _run(parse_schedule, schedule)
-    task_obj = _run(get_task, task)
+    task_obj = _run(get_task, task, **_task_options(task_option))
     problems = _run(task_obj.load, split=split, data=data, limit=limit)
     generators = {"learner": _run(build_generator, model, backend=backend, batch_size=batch_size)}
     if any(s.model == "expert" for s in steps):

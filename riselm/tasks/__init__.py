@@ -29,7 +29,10 @@ def get_task(name: str, **options) -> Task:
     registry = _registry()
     if name not in registry:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(registry))}")
-    return registry[name](**options)
+    try:
+        return registry[name](**options)
+    except TypeError as e:  # an option the task does not take
+        raise ValueError(f"task {name!r}: {e}") from None
 
 
 __all__ = ["Problem", "Score", "Task", "get_task", "task_names"]

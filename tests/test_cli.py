@@ -1,0 +1,77 @@
+"""The `riselm` command: each subcommand end to end, and clean errors for bad input."""
+
+import json
+
+from typer.testing import CliRunner
+
+from riselm.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_tasks_lists_every_task():
+    result = invoke("tasks")
+    assert result.exit_code == 0
+    for name in ("gsm8k", "math", "arithmetic", "mbpp", "humaneval", "conala"):
+        assert name in result.output
+
+
+def test_score_adds_pred_and_reward_to_every_row(tmp_path):
+    rows = [
+        {"question": "q1", "answer": "work\n#### 1,600", "response": "so \\boxed{1600}"},
+        {"question": "q2", "answer": "#### 7", "response": "I think \\boxed{8}", "extra": 1},
+        {"question": "q3", "answer": "#### 7", "response": "no idea"},
+    ]
+    src = tmp_path / "r.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("score", "--task", "gsm8k", src, "--unparsable-reward", "-1")
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["pred"], r["reward"]) for r in out] == [("1600", 1.0), ("8", 0.0), (None, -1.0)]
+    assert out[1]["extra"] == 1
+
+
+def test_score_malformed_row_names_file_and_line(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"question": "q", "answer": "#### 1", "response": "x"}\n{"question": "q", "response": "x"}\n')
+    result = invoke("score", "--task", "gsm8k", src)
+    assert result.exit_code == 2
+    assert f"{src}:2" in result.output and "answer" in result.output
+
+
+def test_unknown_task_lists_known_ones(tmp_path):
+    result = invoke("eval", "--task", "chess", "--model", tmp_path)
+    assert result.exit_code == 2 and "known tasks" in result.output and "gsm8k" in result.output
+
+
+def test_eval_then_metrics_json(tmp_path, tiny_model_dir):
+    out = tmp_path / "eval"
+    result = invoke(
+        "eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 3, "--turns", 2, "--parallel", 2,
+        "--max-new-tokens", 8, "--out", out, "--task-option", "test_size=20", "--task-option", "train_size=20",
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "accuracy.png").exists() and "| 2 |" in (out / "report.md").read_text()
+    seq = invoke("metrics", out / "episodes.sequential.jsonl", "--json")
+    metrics = json.loads(seq.output)
+    assert metrics["num_problems"] == 3 and {"acc@t2", "p1@t2", "m1@t2"} <= set(metrics)
+    par = json.loads(invoke("metrics", out / "episodes.parallel.jsonl", "--json").output)
+    assert {"m2@t1", "pass@2"} <= set(par)
+
+
+def test_bad_task_option_is_a_clean_error(tmp_path):
+    src = tmp_path / "r.jsonl"
+    src.write_text('{"question": "q", "answer": "#### 1", "response": "x"}\n')
+    result = invoke("score", "--task", "gsm8k", src, "--task-option", "colour=blue")
+    assert result.exit_code == 2 and "colour" in result.output
+
+
+def test_run_with_bad_config_key_fails_with_its_name(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("iterations: 1\ntrain:\n  lr: 3\n")
+    result = invoke("run", cfg)
+    assert result.exit_code == 2 and "train.lr" in result.output
