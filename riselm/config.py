@@ -47,6 +47,7 @@ class ScheduleStep(_Section):
 class CollectConfig(_Section):
     limit: int | None = None  # roll out only the first N training problems each iteration (default: all)
     max_turns: int = Field(5, ge=1)
+    window: int | None = Field(None, ge=1)  # context window in attempts, also used to build the samples (None: all)
     schedule: list[ScheduleStep] = [ScheduleStep(model="learner", n=1), ScheduleStep(model="learner", n=16)]
     temperature: float = 1.0
     top_p: float = 1.0
@@ -71,7 +72,7 @@ class BoostConfig(_Section):
 class EvalConfig(_Section):
     turns: int = Field(5, ge=1)
     parallel_samples: int = Field(5, ge=0)  # for m5@t1; 0 skips the parallel run
-    window: int | None = None
+    window: int | None = Field(None, ge=1)  # context window: the question plus the last window-1 attempts
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 512

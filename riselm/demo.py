@@ -26,19 +26,19 @@ model: {hidden_size: 64, num_layers: 2, num_heads: 4}
 learner: {backend: hf, batch_size: 1024}
 boost:
   enabled: true
-  history_turns: 4
-  every_depth: false
+  history_turns: 1          # with the context window of 2 below, every turn after the first looks like this
   limit: 8000
-  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 32, grad_accum: 1, warmup_ratio: 0.05, max_length: 1024, save_steps: 100000, logging_steps: 50}
+  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
 iterations: 2
 collect:
-  limit: 2000
+  limit: 1500
   max_turns: 5
+  window: 2                 # the question, the last attempt and the retry message
   schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
   max_new_tokens: 80
-  chunk_size: 1000
-train: {learning_rate: 1.0e-3, epochs: 1, batch_size: 32, grad_accum: 1, warmup_ratio: 0.05, max_length: 1024, save_steps: 100000, logging_steps: 50}
-eval: {turns: 5, parallel_samples: 5, max_new_tokens: 80, chunk_size: 500}
+  chunk_size: 1500
+train: {learning_rate: 1.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
+eval: {turns: 5, parallel_samples: 5, window: 2, max_new_tokens: 80, chunk_size: 500}
 """
 
 

@@ -160,6 +160,7 @@ def collect_stage(
         max_new_tokens=cfg.collect.max_new_tokens,
         seed=cfg.seed,
         chunk_size=cfg.collect.chunk_size,
+        window=cfg.collect.window,
     )
     chosen = list(problems)[: cfg.collect.limit] if cfg.collect.limit else list(problems)
     episodes = collect(task, schedule, chosen, settings, episodes_path, show_progress)
@@ -174,7 +175,9 @@ def build_samples(cfg: RunConfig, collect_dirs: Sequence[Path], stage_dir: Path)
     from riselm.training.samples import samples_from_episodes
 
     episodes = [e for d in collect_dirs for e in load_episodes(d / "episodes.jsonl")]
-    samples = samples_from_episodes(episodes, tau=cfg.samples.tau, filter=cfg.samples.filter, dedup=cfg.samples.dedup)
+    samples = samples_from_episodes(
+        episodes, tau=cfg.samples.tau, filter=cfg.samples.filter, dedup=cfg.samples.dedup, window=cfg.collect.window
+    )
     _save_samples(samples, stage_dir / "samples.jsonl")
     return samples
 

@@ -13,6 +13,8 @@ caller can override (environment variables already set, or constructor arguments
 - VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine runs in this process (no second process importing vLLM).
 - VLLM_CPU_KVCACHE_SPACE=1 (GiB) and VLLM_CPU_NUM_OF_RESERVED_CPU=0 (use every core).
 - enforce_eager=True (torch.compile takes ~100 s on CPU), dtype float32, max_model_len <= 4096.
+- block_size=32 instead of 128: the prefix cache works in whole blocks, and a RISE turn re-sends the
+  previous turn; with SmolLM2 a second turn found 69% of its prompt cached with 32, 46% with 128.
 - chunked prefill off: vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a request
   with a seed has its prefill split into chunks, which happens whenever a batch exceeds the token
   budget. Without chunking, per-request seeds work on CPU as on GPU.
@@ -62,6 +64,7 @@ CPU_ENVIRONMENT = {
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
 }
 CPU_MAX_MODEL_LEN = 4096  # RISE conversations of 5 turns fit; longer contexts need more KV cache space
+CPU_BLOCK_SIZE = 32  # the prefix cache reuses whole blocks; vLLM's CPU default of 128 wastes most of a turn
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 _SEED_STRIDE = 1_000_003  # spreads (seed, conversation) pairs so that nearby seeds share no streams
 
@@ -130,7 +133,8 @@ class VLLMGenerator:
             )
         self.name = name or str(model)
         self.stats = GenerationStats()
-        self.stats.extra.update(engine_starts=0, engine_start_seconds=0.0)
+        # prompt_tokens / cached_prompt_tokens: how much prefill the prefix cache saved (RISE turns share prefixes)
+        self.stats.extra.update(engine_starts=0, engine_start_seconds=0.0, prompt_tokens=0, cached_prompt_tokens=0)
         self._settings = dict(
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,
@@ -180,6 +184,8 @@ class VLLMGenerator:
             results[i] = samples * params.n if params.greedy else samples  # greedy: one sample stands for n
         generated = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
         self._count(len(conversations), results, generated, time.perf_counter() - started)
+        self.stats.extra["prompt_tokens"] += sum(len(prompts[i]) for i in runnable)
+        self.stats.extra["cached_prompt_tokens"] += sum(output.num_cached_tokens or 0 for output in outputs)
         return results
 
     # ---- checkpoints and lifetime ------------------------------------------------------------
@@ -328,6 +334,7 @@ def engine_options(settings: dict, model_dir: Path, *, on_gpu: bool, lora_rank: 
         return options
     options.setdefault("dtype", "float32")
     options.setdefault("enforce_eager", True)
+    options.setdefault("block_size", CPU_BLOCK_SIZE)
     if "max_model_len" not in options:
         longest = _model_max_length(model_dir)
         options["max_model_len"] = min(longest, CPU_MAX_MODEL_LEN) if longest else CPU_MAX_MODEL_LEN

@@ -40,6 +40,7 @@ class CollectSettings:
     max_new_tokens: int = 512
     seed: int = 0
     chunk_size: int = 256  # problems rolled out (and saved) together
+    window: int | None = None  # context window in attempts (None: the whole history)
 
 
 def step_for_turn(schedule: Sequence[ImproverStep], turn: int) -> ImproverStep:
@@ -100,7 +101,7 @@ def _rollout_chunk(
             max_new_tokens=settings.max_new_tokens,
             seed=chunk_seed * 100 + turn,
         )
-        candidates = step.generator.generate([episodes[i].messages() for i in active], params)
+        candidates = step.generator.generate([episodes[i].messages(window=settings.window) for i in active], params)
         flat_problems = [problems[i] for i, cands in zip(active, candidates) for _ in cands]
         flat_scores = score_responses(task, flat_problems, [c.text for cands in candidates for c in cands])
         still_active = []

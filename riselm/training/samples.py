@@ -99,8 +99,12 @@ def samples_from_episodes(
     tau: float = 0.4,
     filter: SampleFilter = "all",
     dedup: bool = True,
+    window: int | None = None,
 ) -> list[TrainingSample]:
     """One weighted sample per turn of every episode (spec §3), filtered and optionally de-duplicated.
+
+    `window` must be the context window the episodes were collected with (the question plus the last
+    window-1 attempts), so that each sample conditions on exactly what the model saw.
 
     De-duplication drops a sample whose whole conversation (prompt messages and response) equals an
     earlier one, e.g. identical greedy rollouts of one problem; the first one is kept.
@@ -119,7 +123,7 @@ def samples_from_episodes(
                 )
             if not keep_turn(rewards, t, filter):
                 continue
-            messages = episode.messages(upto=t) + [{"role": "assistant", "content": turn.response}]
+            messages = episode.messages(upto=t, window=window) + [{"role": "assistant", "content": turn.response}]
             if dedup:
                 key = json.dumps(messages, ensure_ascii=False)
                 if key in seen:

@@ -65,3 +65,12 @@ def test_resume_skips_finished_problems_and_survives_a_torn_last_line(tmp_path):
     assert sorted(e.id for e in episodes) == ["p0", "p1", "p2", "p3"]
     assert len(learner.calls) == 1 and len(learner.calls[0][0]) == 1  # only the lost problem was redone
     assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_context_window_limits_what_the_improver_sees(tmp_path):
+    task = ToyTask()
+    learner = Scripted(lambda c, s: "\\boxed{-1}")
+    settings = CollectSettings(max_turns=4, window=2)
+    collect(task, [ImproverStep(learner, 1)], toy_problems(2)[1:], settings, tmp_path / "e.jsonl", False)
+    last_conversation = learner.calls[-1][0][0]  # turn 4: the question, the last attempt, its retry message
+    assert [m["role"] for m in last_conversation] == ["user", "assistant", "user"]

@@ -365,3 +365,12 @@ def test_collator_numbers_several_samples_of_one_row():
     assert padded["sample_weights"].tolist() == [2.0, 3.0, 0.5]
     packed = WeightedCollator(pad_token_id=0, pack=True)(rows)
     assert packed["sample_index"].tolist() == [[0, 1, 0, 0, 2, 2]]
+
+
+def test_samples_use_the_collection_window():
+    turns = [Turn(f"attempt {i} \\boxed{{{i}}}", str(i), 0.0, feedback="Try again.") for i in range(3)]
+    turns[-1].feedback = None
+    episode = Episode(id="w", task="toy", mode="collect", prompt="q", turns=turns)
+    windowed = samples_from_episodes([episode], window=2)
+    assert [len(s.messages) for s in windowed] == [2, 4, 4]  # turn 3 sees only the question and attempt 2
+    assert windowed[2].messages[1]["content"] == "attempt 1 \\boxed{1}"
