@@ -171,6 +171,18 @@ def test_stop_strings_cut_the_text(engine, checkpoints, char_tokenizer):
     assert stopped == hf_greedy(checkpoints["base"], char_tokenizer, CONVERSATIONS[1:2], params)[0][0]
 
 
+def test_second_turn_prefill_reuses_the_first_turn_from_the_prefix_cache(engine):
+    engine._llm.reset_prefix_cache()
+    first_turn = [[{"role": "user", "content": "Question: " + "how many apples are there? " * 3}]]
+    answer = engine.generate(first_turn, SamplingParams(temperature=0.0, max_new_tokens=40))[0][0].text
+    second_turn = [first_turn[0] + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Try again."}]]
+    cached_before = engine.stats.extra["cached_prompt_tokens"]
+    engine.generate(second_turn, SamplingParams(temperature=0.0, max_new_tokens=4))
+
+    cached = engine.stats.extra["cached_prompt_tokens"] - cached_before
+    assert cached >= 64  # whole 32-token blocks of the first turn's prompt (95 characters) and answer
+
+
 def test_prompt_longer_than_the_context_gets_an_empty_length_completion(engine):
     too_long = [{"role": "user", "content": "x" * (engine.max_model_len + 10)}]
     results = engine.generate([too_long, CONVERSATIONS[0]], SamplingParams(n=2, temperature=0.0, max_new_tokens=5))

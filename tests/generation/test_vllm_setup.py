@@ -63,6 +63,7 @@ def test_cpu_defaults(tiny_model_dir):
     assert options["tensor_parallel_size"] == 1
     assert options["dtype"] == "float32" and options["enforce_eager"] is True
     assert options["max_model_len"] == 1024  # the tiny model's max_position_embeddings (below the 4096 cap)
+    assert options["block_size"] == 32  # finer prefix-cache reuse than vLLM's CPU default of 128
     assert options["enable_chunked_prefill"] is False  # seeded requests crash vLLM's CPU sampler when chunked
     assert options["max_num_batched_tokens"] >= options["max_model_len"]
 
@@ -78,7 +79,7 @@ def test_cpu_defaults_give_way_to_the_callers_settings(tmp_path):
 
 def test_gpu_keeps_vllm_defaults(tiny_model_dir):
     options = engine_options({"dtype": None, "max_model_len": None}, tiny_model_dir, on_gpu=True, lora_rank=12)
-    assert "dtype" not in options and "enforce_eager" not in options and "enable_chunked_prefill" not in options
+    assert not {"dtype", "enforce_eager", "enable_chunked_prefill", "block_size"} & set(options)
     assert options["enable_lora"] is True and options["max_lora_rank"] == 16  # rounded up to a rank vLLM accepts
 
 

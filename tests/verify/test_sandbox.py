@@ -252,7 +252,10 @@ def test_files_outside_the_working_directory_stay_untouched():
         pytest.skip("no read-only file system view on this machine; only file permissions apply")
     # A throw-away directory outside /tmp (the sandbox gets a private /tmp, so a victim there would be
     # invisible rather than protected). Only this directory is ever targeted, even if containment fails.
-    victim_dir = Path(__file__).parent / f".sandbox-victim-{os.urandom(6).hex()}"
+    base = Path(__file__).parent
+    if base.resolve().is_relative_to("/tmp"):  # a checkout under /tmp (e.g. a CI clone): use the home directory
+        base = Path.home()
+    victim_dir = base / f".sandbox-victim-{os.urandom(6).hex()}"
     victim_dir.mkdir()
     victim = victim_dir / "victim.txt"
     victim.write_text("keep me")
