@@ -191,8 +191,11 @@ def train_command(
     from riselm.training.config import TrainConfig
     from riselm.training.trainer import train_from_file
 
+    from riselm.models import resolve_model_dir
+
     config = _run(lambda: TrainConfig.model_validate(apply_overrides({}, option)))
-    final = _run(train_from_file, data, model, out, config, tau=tau, filter=filter, dedup=dedup)
+    model_dir = _run(resolve_model_dir, model)  # named models and GGUF files become a checkpoint directory
+    final = _run(train_from_file, data, model_dir, out, config, tau=tau, filter=filter, dedup=dedup)
     typer.echo(f"trained model in {final}")
 
 

@@ -31,13 +31,13 @@ boost:
   train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
 iterations: 2
 collect:
-  limit: 1500
+  limit: 1000
   max_turns: 5
   window: 2                 # the question, the last attempt and the retry message
   schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
   max_new_tokens: 80
-  chunk_size: 1500
-train: {learning_rate: 1.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
+  chunk_size: 250
+train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
 eval: {turns: 5, parallel_samples: 5, window: 2, max_new_tokens: 80, chunk_size: 500}
 """
 

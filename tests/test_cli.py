@@ -75,3 +75,24 @@ def test_run_with_bad_config_key_fails_with_its_name(tmp_path):
     cfg.write_text("iterations: 1\ntrain:\n  lr: 3\n")
     result = invoke("run", cfg)
     assert result.exit_code == 2 and "train.lr" in result.output
+
+
+def test_collect_then_train(tmp_path, tiny_model_dir):
+    out = tmp_path / "c"
+    result = invoke(
+        "collect", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 3, "--max-turns", 2,
+        "--schedule", "learner:1,learner:2", "--max-new-tokens", 8, "--out", out,
+        "--task-option", "train_size=20", "--task-option", "test_size=5",
+    )
+    assert result.exit_code == 0, result.output
+    episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 3 and all(e["mode"] == "collect" for e in episodes)
+    trained = invoke("train", out / "episodes.jsonl", "--model", tiny_model_dir, "--out", tmp_path / "t",
+                     "--set", "epochs=1", "--set", "batch_size=2", "--set", "grad_accum=1")
+    assert trained.exit_code == 0, trained.output
+    assert (tmp_path / "t" / "final" / "config.json").exists()
+
+
+def test_collect_schedule_naming_an_undefined_model_fails(tmp_path, tiny_model_dir):
+    result = invoke("collect", "--model", tiny_model_dir, "--task", "arithmetic", "--schedule", "learner:1,teacher:4", "--out", tmp_path)
+    assert result.exit_code == 2 and "teacher" in result.output
