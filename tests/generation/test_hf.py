@@ -11,17 +11,7 @@ from riselm.generation.base import SamplingParams
 from riselm.generation.hf import HFGenerator
 from riselm.models import build_tiny_model
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "hi"}],
-    [{"role": "user", "content": "What is 12 plus 30? Think step by step."}],
-    [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is 2+2?"},
-        {"role": "assistant", "content": "5"},
-        {"role": "user", "content": "Your answer is incorrect. Please try again."},
-    ],
-    [{"role": "user", "content": "A much longer prompt than the others, so that the batch needs plenty of left padding."}],
-]
+from chat_samples import CONVERSATIONS  # noqa: E402  (tests/generation is on sys.path under pytest)
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=20)
 
 

@@ -17,16 +17,9 @@ from riselm.generation.hf import HFGenerator  # noqa: E402
 from riselm.generation.vllm import VLLMGenerator  # noqa: E402
 from riselm.models import ModelNotFoundError, build_tiny_model  # noqa: E402
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "hi"}],
-    [{"role": "user", "content": "What is 12 plus 30? Think step by step."}],
-    [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is 2+2?"},
-        {"role": "assistant", "content": "5"},
-        {"role": "user", "content": "Your answer is incorrect. Please try again."},
-    ],
-]
+from chat_samples import CONVERSATIONS as ALL_CONVERSATIONS  # noqa: E402
+
+CONVERSATIONS = ALL_CONVERSATIONS[:3]
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)
 
 
