@@ -2,12 +2,13 @@
 
 Every (conversation, sample) pair becomes one row: prompts are rendered with the tokenizer's own
 chat template, sorted by length so that rows of similar length share a batch (less padding), padded
-on the left, generated in chunks, and put back in their original order.
+on the left, generated in chunks by riselm.generation.decoding (each prompt computed once for all of
+its samples, finished rows dropped), and put back in their original order.
 
 Reproducibility: with `params.seed` set, the same call (same conversations, params, batch settings,
 model, device and library versions) returns the same completions. A sample does not keep its value
-when the batch around it changes (another batch size, more conversations), because transformers
-draws the random numbers of a whole batch from one stream. Greedy decoding (temperature 0) does not
+when the batch around it changes (another batch size, more conversations), because the random
+numbers of a whole batch come from one stream. Greedy decoding (temperature 0) does not
 depend on the batch: batched and one-at-a-time generation give the same text (tested), up to
 floating-point ties.
 """
@@ -18,7 +19,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from transformers import StopStringCriteria
+
 from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams
+from riselm.generation.decoding import Sampling, sample_batch
 
 
 @dataclass(frozen=True)
@@ -110,41 +114,22 @@ class HFGenerator:
         return (len(batch) + 1) * (longest + max_new_tokens) <= self.max_batch_tokens
 
     def _generate_batch(self, batch: list[_Row], params: SamplingParams) -> list[Completion]:
-        import torch
-
-        width = max(len(row.prompt_ids) for row in batch)
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):  # left padding: every prompt ends at the last column
-            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            attention_mask[i, width - len(row.prompt_ids) :] = 1
-        device = self.model.device
-        with torch.inference_mode():
-            # transformers derives position ids from the attention mask, so left padding does not
-            # shift absolute positions (GPT-2); tests compare batched and single generation.
-            sequences = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                **self._generate_options(params),
-            )
-        new_tokens = sequences[:, width:].tolist()
-        return [self._completion(tokens, params) for tokens in new_tokens]
-
-    def _generate_options(self, params: SamplingParams) -> dict:
-        options = dict(
-            max_new_tokens=params.max_new_tokens,
-            pad_token_id=self.pad_token_id,
-            eos_token_id=self.eos_token_ids,
-            do_sample=not params.greedy,
-            repetition_penalty=1.0,
+        # Rows are sorted by prompt length and a prompt's samples are consecutive: each prompt is
+        # computed once for all of its samples in this batch.
+        prompts: list[list[int]] = []
+        copies: list[int] = []
+        for i, row in enumerate(batch):
+            if i and row.conversation == batch[i - 1].conversation:
+                copies[-1] += 1
+            else:
+                prompts.append(row.prompt_ids)
+                copies.append(1)
+        sampling = Sampling(greedy=params.greedy, temperature=params.temperature, top_p=params.top_p)
+        stop = StopStringCriteria(self.tokenizer, list(params.stop)) if params.stop else None
+        generated = sample_batch(
+            self.model, prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop
         )
-        if not params.greedy:
-            # Only SamplingParams shape the distribution: transformers would otherwise apply the
-            # model's (or its own default) top_k=50.
-            options.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-        if params.stop:
-            options.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
-        return options
+        return [self._completion(tokens, params) for tokens in generated]
 
     def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
         """Text of one generated row: cut at the end-of-turn token or the first stop string."""

@@ -1,0 +1,222 @@
+"""The sampling loop of the HF backend: shared prefill, a preallocated KV cache, finished rows dropped.
+
+Why not `model.generate`: for RISE's workload (n samples of long multi-turn prompts, answers of very
+different lengths) it wastes most of its time. It computes a prompt once per sample, keeps every
+finished row in the batch until the longest one ends, and grows its KV cache by concatenation, which
+copies the whole cache at every step. transformers' own continuous batching was 2.5x slower than
+`generate` on CPU here (benchmarks/results/rollout_throughput.md). This loop computes each prompt
+once and copies its cache to its samples, writes new keys and values in place, and drops rows from
+the batch as they finish. Everything else (the model, its cache layers, attention masks, stop
+strings) is transformers'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is drawn: greedy, or from softmax(logits / temperature) within top_p."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+class BufferedLayer(DynamicLayer):
+    """A full-attention cache layer that writes into a preallocated buffer instead of concatenating.
+
+    `keys` and `values` stay views of the used part of the buffer, so everything in transformers that
+    reads them (masks, sequence length, attention) sees an ordinary dynamic layer.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def allocate(self, like: torch.Tensor, rows: int) -> None:
+        """An empty buffer for `rows` sequences, shaped and typed like the key states `like`."""
+        _, heads, _, dim = like.shape
+        self.dtype, self.device = like.dtype, like.device
+        self._keys = like.new_zeros((rows, heads, self.capacity, dim))
+        self._values = like.new_zeros((rows, heads, self.capacity, dim))
+        self.is_initialized = True
+
+    def write(self, rows: torch.Tensor, end: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Place prefilled states of `rows` so that they end at column `end` (left padding before them)."""
+        start = end - keys.shape[-2]
+        self._keys[rows, :, start:end] = keys
+        self._values[rows, :, start:end] = values
+        self.length = max(self.length, end)
+        self._expose()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.allocate(key_states, key_states.shape[0])
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV buffer of {self.capacity} positions is full (asked for {end})")
+        self._keys[:, :, self.length : end] = key_states
+        self._values[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def _expose(self) -> None:
+        self.keys = self._keys[:, :, : self.length]
+        self.values = self._values[:, :, : self.length]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._keys, self._values = self._keys[indices], self._values[indices]
+            self._expose()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.batch_select_indices(torch.arange(self._keys.shape[0], device=self._keys.device).repeat_interleave(repeats))
+
+    def crop(self, tokens_to_remove: int) -> None:  # not used by this loop; keep the parent's contract
+        if tokens_to_remove < 0 and self.is_initialized:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._expose()
+
+    def reset(self) -> None:
+        self.length = 0
+        self.keys = self.values = self._keys = self._values = None
+        self.is_initialized = False
+
+
+def new_cache(model, capacity: int) -> Cache:
+    """Buffered layers when every layer is plain full attention; otherwise transformers' own dynamic cache."""
+    config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    if all(kind == "full_attention" for kind in layer_types):
+        return Cache(layers=[BufferedLayer(capacity) for _ in layer_types])
+    return DynamicCache(config=model.config)
+
+
+def next_tokens(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """One token per row from last-position logits [rows, vocab]."""
+    if sampling.greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest set of tokens whose mass reaches top_p (the most likely token always stays)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    # argmax(p / E) with E ~ Exp(1) draws from p exactly, and is much faster than torch.multinomial
+    # over a large vocabulary.
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+
+
+@torch.inference_mode()
+def sample_batch(
+    model,
+    prompts: Sequence[Sequence[int]],
+    copies: Sequence[int],
+    max_new_tokens: int,
+    sampling: Sampling,
+    end_ids: Sequence[int],
+    pad_id: int,
+    stop_criteria=None,
+) -> list[list[int]]:
+    """Generate `copies[i]` continuations of `prompts[i]`; returns them prompt by prompt, copy by copy.
+
+    A continuation ends after an end token (kept in the result), when `stop_criteria` (transformers'
+    StopStringCriteria) fires, or after max_new_tokens. Prompts are left padded and position ids
+    follow the attention mask, so absolute position embeddings (GPT-2) see each prompt from 0.
+    """
+    device = model.device
+    width = max(len(p) for p in prompts)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        mask[i, width - len(prompt) :] = 1
+    mask = mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = new_cache(model, width + max_new_tokens)
+    if all(isinstance(layer, BufferedLayer) for layer in cache.layers):
+        logits = _prefill_by_length(model, prompts, cache, width)
+    else:
+        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            input_ids[i, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        logits = model(
+            input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1]
+    # Every copy of a prompt starts from the same prefill: copy its cache rows instead of recomputing them.
+    owner = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(list(copies), device=device))
+    cache.batch_select_indices(owner)
+    logits, mask, next_position = logits[owner], mask[owner], positions[owner, -1] + 1
+
+    rows = len(owner)
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((rows,), max_new_tokens, dtype=torch.long)
+    alive = torch.arange(rows, device=device)  # original row of each batch row
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row, not yet dropped
+    end_ids_t = torch.tensor(list(end_ids), device=device)
+    for step in range(max_new_tokens):
+        chosen = next_tokens(logits, sampling)
+        tokens[alive, step] = chosen
+        ends = torch.isin(chosen, end_ids_t)
+        if stop_criteria is not None:
+            ends |= stop_criteria(tokens[alive, : step + 1], None).to(device)
+        newly = ends & ~finished
+        if newly.any():
+            lengths[alive[newly].cpu()] = step + 1
+            finished |= newly
+        if step + 1 == max_new_tokens or bool(finished.all()):
+            break
+        # Dropping rows copies the cache, so wait until enough of the batch is finished to pay for it.
+        if int(finished.sum()) * 8 >= len(alive):
+            keep = (~finished).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            alive, mask, next_position, chosen = alive[keep], mask[keep], next_position[keep], chosen[keep]
+            finished = finished[keep]
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
+        logits = model(
+            input_ids=chosen[:, None],
+            attention_mask=mask,
+            position_ids=next_position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+        next_position = next_position + 1
+    tokens = tokens.cpu()
+    return [tokens[row, : lengths[row]].tolist() for row in range(rows)]
+
+
+def _prefill_by_length(model, prompts: Sequence[Sequence[int]], cache: Cache, width: int) -> torch.Tensor:
+    """Compute prompts in groups of equal length (no padding to compute) into the left-padded buffer.
+
+    Returns the last-position logits of every prompt.
+    """
+    device = model.device
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    logits = None
+    for length, rows in by_length.items():
+        group = DynamicCache()
+        ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+        out = model(input_ids=ids, past_key_values=group, use_cache=True, logits_to_keep=1).logits[:, -1]
+        if logits is None:
+            logits = out.new_empty((len(prompts), out.shape[-1]))
+            for layer, computed in zip(cache.layers, group.layers):
+                layer.allocate(computed.keys, len(prompts))
+        index = torch.tensor(rows, device=device)
+        logits[index] = out
+        for layer, computed in zip(cache.layers, group.layers):
+            layer.write(index, width, computed.keys, computed.values)
+    return logits
