@@ -94,11 +94,21 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64, help="riselm HF backend batch size")
     ap.add_argument("--contenders", default="naive,hf,vllm")
+    ap.add_argument(
+        "--naive-problems",
+        type=int,
+        default=None,
+        help="run the naive loop on only the first K problems (it generates one row at a time, so its tokens/s "
+        "does not depend on how many problems there are; the full workload takes it hours on a CPU)",
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     ap.add_argument("--output", type=Path, default=None, help="append a markdown section with the results here")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-rollout"))
     args = ap.parse_args()
     if args.quick:
         args.problems, args.turns, args.n, args.max_new_tokens = 8, 2, 2, 96
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from riselm.models import load_model_and_tokenizer
 
@@ -111,7 +121,9 @@ def main() -> None:
     if "naive" in contenders or "hf" in contenders:
         model, tokenizer = load_model_and_tokenizer(args.model)
     if "naive" in contenders:
-        results["naive"] = run_contender("naive", NaiveHFGenerator(model, tokenizer), task, problems, settings, args.n, args.work)
+        naive_problems = problems[: args.naive_problems] if args.naive_problems else problems
+        results["naive"] = run_contender("naive", NaiveHFGenerator(model, tokenizer), task, naive_problems, settings, args.n, args.work)
+        results["naive"]["problems"] = len(naive_problems)
         print("naive", results["naive"], flush=True)
     if "hf" in contenders:
         from riselm.generation.hf import HFGenerator
@@ -148,7 +160,9 @@ def main() -> None:
             f"Command: `{command}`",
             "",
             f"Workload: {args.problems} GSM8K test problems, up to {args.turns} turns, N={args.n} from turn 2, "
-            f"at most {args.max_new_tokens} new tokens, model {args.model}.",
+            f"at most {args.max_new_tokens} new tokens, model {args.model}, {torch.get_num_threads()} torch threads."
+            + (f" The naive loop ran the first {args.naive_problems} of them (its tokens/s does not depend on the count)."
+               if args.naive_problems and "naive" in results else ""),
             "",
             "| contender | tokens | generator s | tokens/s | turns | solved |",
             "|---|---|---|---|---|---|",

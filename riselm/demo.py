@@ -31,7 +31,7 @@ boost:
   train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
 iterations: 2
 collect:
-  limit: 1000
+  limit: 2000
   max_turns: 5
   window: 2                 # the question, the last attempt and the retry message
   schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
@@ -70,8 +70,8 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), show_prog
 
     from riselm.pipeline import run_pipeline
 
-    # A tiny model is dominated by per-op overhead: one thread is fastest, and never spins on a busy core.
-    torch.set_num_threads(1)
+    # A tiny model is dominated by per-op overhead: past two threads nothing is gained.
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     cfg, shape = demo_config(out, overrides)
     init_model(Path(cfg.model), shape, seed=cfg.seed)
     return run_pipeline(cfg, show_progress=show_progress)
