@@ -57,7 +57,7 @@ def run_continuous(model, prompts, n, config) -> int:
 
 
 def run_riselm(model, prompts, n, config) -> int:
-    rows = sample_batch(
+    rows = sample_batch(  # runs under inference mode itself
         model, prompts, [n] * len(prompts), config.max_new_tokens, Sampling(), [config.eos_token_id], config.pad_token_id
     )
     return sum(map(len, rows))
@@ -96,8 +96,7 @@ def main() -> None:
     for name in args.contenders.split(","):
         torch.manual_seed(0)
         started = time.perf_counter()
-        with torch.inference_mode():
-            tokens = CONTENDERS[name](model, prompts, args.n, config)
+        tokens = CONTENDERS[name](model, prompts, args.n, config)
         seconds = time.perf_counter() - started
         results[name] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
         print(name, results[name], flush=True)
