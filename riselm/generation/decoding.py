@@ -3,8 +3,8 @@
 Why not `model.generate`: for RISE's workload (n samples of long multi-turn prompts, answers of very
 different lengths) it wastes most of its time. It computes a prompt once per sample, keeps every
 finished row in the batch until the longest one ends, and grows its KV cache by concatenation, which
-copies the whole cache at every step. transformers' own continuous batching was 2.5x slower than
-`generate` on CPU here (benchmarks/results/hf_decoding.md). This loop computes each prompt
+copies the whole cache at every step. transformers' own continuous batching ran at about half the
+speed of `generate` on CPU here (benchmarks/results/hf_decoding.md). This loop computes each prompt
 once and copies its cache to its samples, writes new keys and values in place, and drops rows from
 the batch as they finish. Everything else (the model, its cache layers, attention masks, stop
 strings) is transformers'.
