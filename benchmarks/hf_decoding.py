@@ -1,14 +1,26 @@
-"""HF decoding loops side by side: why riselm's HF backend has its own sampling loop.
+"""HF decoding loops side by side: why riselm's HF backend has its own sampling loop, and what seeds cost.
 
     python benchmarks/hf_decoding.py                       # SmolLM2, 8 GSM8K prompts x 2 samples, 96 tokens
     python benchmarks/hf_decoding.py --output benchmarks/results/hf_decoding.md
+    python benchmarks/hf_decoding.py --model tiny-char --prompts 256 --n 4 --max-new-tokens 80 --threads 2 \\
+        --contenders riselm_unseeded,riselm,riselm_generators --repeat 5   # the demo's workload: 1024 rows
 
 Contenders, on the same prompts, sampling at temperature 1.0 (top_k off):
-  generate    `model.generate` on the left-padded batch, num_return_sequences=n
-  continuous  transformers' continuous batching, `model.generate_batch`
-  riselm      riselm.generation.decoding.sample_batch (shared prefill, in-place KV buffer, rows dropped)
-Sampled lengths differ between contenders, so the comparison is generated tokens per second. The
-last line printed is one JSON object with each contender's tokens/s.
+  generate           `model.generate` on the left-padded batch, num_return_sequences=n
+  continuous         transformers' continuous batching, `model.generate_batch`
+  riselm             riselm.generation.decoding.sample_batch as the HF backend runs it with seeds: every
+                     row its own random stream, drawn for all rows at once (decoding.RowStreams)
+  riselm_unseeded    the same loop without seeds: one batched exponential_ per step from torch's global
+                     generator (the loop as it was before per-row seeds)
+  riselm_generators  the per-row design not taken: one torch.Generator per row, one exponential_ call
+                     per row per step
+Sampled lengths differ between contenders, so the comparison is generated tokens per second. Each
+contender first runs once untimed on two prompts (warm-up). With --repeat K every contender runs K
+times, interleaved, and the median run is reported. The last line
+printed is one JSON object with each contender's tokens/s.
+
+--model tiny-char is the demo's model shape (a character-level Llama, hidden 64, 2 layers, 4 heads,
+random weights) on the demo's arithmetic prompts; any other value is a riselm model spec on GSM8K.
 """
 
 from __future__ import annotations
@@ -20,10 +32,13 @@ import platform
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from transformers import GenerationConfig
 
+from riselm.generation import decoding
+from riselm.generation.base import stream_key
 from riselm.generation.decoding import Sampling, sample_batch
 from riselm.models import load_model_and_tokenizer
 from riselm.tasks import get_task
@@ -56,14 +71,60 @@ def run_continuous(model, prompts, n, config) -> int:
     return generated_tokens([list(o.generated_tokens) for o in outputs.values()], {config.eos_token_id})
 
 
-def run_riselm(model, prompts, n, config) -> int:
+def run_riselm(model, prompts, n, config, seeded: bool = True) -> int:
+    keys = [stream_key(seed, sample) for seed in range(len(prompts)) for sample in range(n)] if seeded else None
     rows = sample_batch(  # runs under inference mode itself
-        model, prompts, [n] * len(prompts), config.max_new_tokens, Sampling(), [config.eos_token_id], config.pad_token_id
+        model, prompts, [n] * len(prompts), config.max_new_tokens, Sampling(), [config.eos_token_id], config.pad_token_id,
+        row_keys=keys,
     )
     return sum(map(len, rows))
 
 
-CONTENDERS = {"generate": run_generate, "continuous": run_continuous, "riselm": run_riselm}
+def run_riselm_unseeded(model, prompts, n, config) -> int:
+    return run_riselm(model, prompts, n, config, seeded=False)
+
+
+class GeneratorStreams:
+    """RowStreams' interface with one torch.Generator per row (the design not taken, for comparison)."""
+
+    def __init__(self, keys, device):
+        self.generators = [torch.Generator(device).manual_seed(key % 2**63) for key in keys]
+        self.device = device
+
+    def select(self, indices: torch.Tensor) -> None:
+        self.generators = [self.generators[i] for i in indices.tolist()]
+
+    def exponential(self, step: int, vocab: int) -> torch.Tensor:
+        noise = torch.empty((len(self.generators), vocab), device=self.device)
+        for row, generator in zip(noise, self.generators):
+            row.exponential_(generator=generator)
+        return noise
+
+
+def run_riselm_generators(model, prompts, n, config) -> int:
+    with mock.patch.object(decoding, "RowStreams", GeneratorStreams):
+        return run_riselm(model, prompts, n, config)
+
+
+CONTENDERS = {
+    "generate": run_generate,
+    "continuous": run_continuous,
+    "riselm": run_riselm,
+    "riselm_unseeded": run_riselm_unseeded,
+    "riselm_generators": run_riselm_generators,
+}
+DEFAULT_CONTENDERS = "generate,continuous,riselm_unseeded,riselm"
+
+
+def tiny_char_workload(prompts: int):
+    """The demo's model shape with random weights, and the demo's arithmetic questions as chat prompts."""
+    from riselm.models import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, arch="llama", hidden_size=64, num_layers=2, num_heads=4)
+    task = get_task("arithmetic", digits=3, operands=2, ops="+", train_size=10000, test_size=500)
+    problems = (task.load("test") * (prompts // 500 + 1))[:prompts]
+    return model, tokenizer, task, problems
 
 
 def main() -> None:
@@ -73,32 +134,48 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"any of {', '.join(CONTENDERS)}")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per contender (interleaved); the median is reported")
     ap.add_argument("--output", type=Path, default=None, help="append a markdown section with the results here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    if args.model == "tiny-char":
+        model, tokenizer, task, problems = tiny_char_workload(args.prompts)
+    else:
+        model, tokenizer = load_model_and_tokenizer(args.model)
+        task = get_task("gsm8k")
+        problems = task.load("test", limit=args.prompts)
     model.eval()
-    task = get_task("gsm8k")
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": task.prompt(p)}], add_generation_prompt=True, tokenize=True, return_dict=False
         )
-        for p in task.load("test", limit=args.prompts)
+        for p in problems
     ]
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    names = args.contenders.split(",")
+    warm_up = GenerationConfig(**{**config.to_dict(), "max_new_tokens": 4})
+    for name in names:  # untimed: the first forward passes of a process are slow (allocations, thread start)
+        CONTENDERS[name](model, prompts[:2], args.n, warm_up)
+    runs: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    for _ in range(args.repeat):
+        for name in names:
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            tokens = CONTENDERS[name](model, prompts, args.n, config)
+            runs[name].append((tokens, time.perf_counter() - started))
+            print(name, {"tokens": tokens, "seconds": round(runs[name][-1][1], 2)}, flush=True)
     results = {}
-    for name in args.contenders.split(","):
-        torch.manual_seed(0)
-        started = time.perf_counter()
-        tokens = CONTENDERS[name](model, prompts, args.n, config)
-        seconds = time.perf_counter() - started
+    for name, measured in runs.items():
+        tokens, seconds = sorted(measured, key=lambda run: run[0] / run[1])[len(measured) // 2]  # the median run
         results[name] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+        if len(measured) > 1:
+            results[name]["all_seconds"] = [round(s, 2) for _, s in measured]
         print(name, results[name], flush=True)
 
     summary = {f"{name}_tokens_per_s": r["tokens_per_s"] for name, r in results.items()}
@@ -110,16 +187,18 @@ def main() -> None:
             "",
             f"Command: `{command}`",
             "",
-            f"{args.prompts} GSM8K test prompts x {args.n} samples, at most {args.max_new_tokens} new tokens, "
-            f"model {args.model}, temperature 1.0.",
+            f"{args.prompts} {'arithmetic' if args.model == 'tiny-char' else 'GSM8K'} test prompts x {args.n} samples, "
+            f"at most {args.max_new_tokens} new tokens, model {args.model}, temperature 1.0"
+            + (f", median of {args.repeat} interleaved runs." if args.repeat > 1 else "."),
             "",
             "| contender | tokens | seconds | tokens/s |",
             "|---|---|---|---|",
             *(f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |" for name, r in results.items()),
             "",
         ]
+        previous = args.output.read_text() if args.output.exists() else ""
         with open(args.output, "a") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(("\n" if previous and not previous.endswith("\n\n") else "") + "\n".join(lines) + "\n")
     print(json.dumps(summary))
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from riselm.generation.base import Completion, GenerationStats, SamplingParams
-from riselm.rollout.collect import CollectSettings, ImproverStep, collect
+from riselm.generation.base import Completion, GenerationStats, SamplingParams, check_seeds, stream_key
+from riselm.rollout.collect import collect
+from riselm.settings import CollectSettings, SamplingSettings, ScheduleStep
 from riselm.tasks import get_task
 
 
@@ -41,15 +42,16 @@ class NaiveHFGenerator:
         self.stats = GenerationStats()
 
     @torch.inference_mode()
-    def generate(self, conversations, params: SamplingParams):
+    def generate(self, conversations, params: SamplingParams, seeds=None):
         start = time.perf_counter()
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        seeds = check_seeds(seeds, len(conversations))
         out = []
-        for conversation in conversations:
+        for i, conversation in enumerate(conversations):
             ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_tensors="pt", return_dict=True)
             samples = []
-            for _ in range(params.n):
+            for j in range(params.n):
+                if seeds is not None:  # sample j of conversation i: its own seed, as the batched backends
+                    torch.manual_seed(stream_key(seeds[i], j) % 2**63)
                 generated = self.model.generate(
                     **ids.to(self.model.device),
                     max_new_tokens=params.max_new_tokens,
@@ -68,13 +70,16 @@ class NaiveHFGenerator:
         self.stats.seconds += time.perf_counter() - start
         return out
 
+    def close(self) -> None:
+        pass
+
 
 def run_contender(name, generator, task, problems, settings, n_improve, out_dir):
-    schedule = [ImproverStep(generator, 1), ImproverStep(generator, n_improve)]
+    settings = settings.model_copy(update={"schedule": [ScheduleStep(n=1), ScheduleStep(n=n_improve)]})
     path = out_dir / f"{name}.jsonl"
     path.unlink(missing_ok=True)
     wall = time.perf_counter()
-    episodes = collect(task, schedule, problems, settings, path, show_progress=False)
+    episodes = collect(task, generator, problems, path, settings, show_progress=False)
     wall = time.perf_counter() - wall
     tokens = generator.stats.generated_tokens
     return {
@@ -137,7 +142,7 @@ def main() -> None:
 
     task = get_task("gsm8k")
     problems = task.load("test", limit=args.problems)
-    settings = CollectSettings(max_turns=args.turns, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    settings = CollectSettings(max_turns=args.turns, sampling=SamplingSettings(max_new_tokens=args.max_new_tokens))
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     contenders = args.contenders.split(",")

@@ -32,8 +32,9 @@ from transformers import Trainer, TrainerCallback
 
 from riselm.jsonl import read_json_or_jsonl
 from riselm.models import build_char_tokenizer, build_tiny_model
-from riselm.training.samples import TrainingSample, WeightedCollator, reward_weight, tokenize_samples
-from riselm.training.config import TrainConfig
+from riselm.training.samples import TrainingSample, reward_weight
+from riselm.training.tokenize import WeightedCollator, tokenize_samples
+from riselm.settings import TrainSettings
 from riselm.training.trainer import WeightedTrainer, training_arguments
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"
@@ -109,7 +110,7 @@ class TokenCount:
 def run_once(kind: str, tokenizer, rows, opts, out_dir: str) -> tuple[float, float]:
     """Tokens per wall second and per CPU second of one run of `kind` ("plain", "weighted", "weighted-packed")."""
     model = build_tiny_model(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0)
-    config = TrainConfig(
+    config = TrainSettings(
         batch_size=opts.micro_batch, grad_accum=1, max_steps=opts.warmup + opts.steps,
         gradient_checkpointing=False, logging_steps=10**6, save_steps=10**6, max_length=opts.max_length,
         optimizer="adamw_torch", seed=0,

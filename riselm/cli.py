@@ -1,13 +1,19 @@
-"""The `riselm` command. Thin: each command parses its options and calls one library function."""
+"""The `riselm` command. Thin: each command parses its options into settings and calls one library function.
+
+Option defaults come from the settings models (riselm.settings), which also check every value, so a
+bad option is an error naming it, with exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, default
 
 app = typer.Typer(
     name="riselm",
@@ -17,31 +23,61 @@ app = typer.Typer(
     add_completion=False,
 )
 
+TASK_OPTION_HELP = "Task option KEY=VALUE, repeatable (e.g. feedback=true for code tasks, digits=4 for arithmetic)."
+BACKEND_OPTION_HELP = "Backend option KEY=VALUE, repeatable (e.g. send_seed=false for openai, dtype=bfloat16 for hf)."
+
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
-def _task_options(options: list[str]) -> dict:
-    """--task-option KEY=VALUE pairs (values read as YAML) as task constructor options."""
-    from riselm.config import apply_overrides
-
-    return _run(apply_overrides, {}, options)
-
-
-TASK_OPTION_HELP = "Task option KEY=VALUE, repeatable (e.g. feedback=true for code tasks, digits=4 for arithmetic)."
-
-
 def _run(fn, *args, **kwargs):
-    """Call a library function; turn user errors (bad data, unknown names) into a clean message and exit 2."""
+    """Call a library function; turn user errors (bad data or options, unreachable models, a full or
+    read-only disk) into one clean line and exit code 2."""
     from riselm.generation.errors import BackendUnavailable
     from riselm.jsonl import DataError
 
     try:
         return fn(*args, **kwargs)
-    except (DataError, BackendUnavailable, FileNotFoundError, ValueError) as e:
+    except (DataError, BackendUnavailable, ValueError) as e:
         _fail(str(e))
+    except OSError as e:  # FileNotFoundError, PermissionError, a full disk, a path under a regular file
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}")
+
+
+# settings fields whose command-line option has another name
+_OPTION_NAMES = {
+    "parallel_samples": "parallel", "eval_split": "split", "eval_data": "data", "eval_limit": "limit",
+    "train_split": "split", "train_data": "data", "train_limit": "limit",
+}
+
+
+def _settings(model, values: dict[str, Any]):
+    """`model` validated from CLI option values; an invalid value is an error naming its option."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = str(err["loc"][-1]) if err["loc"] else "?"
+            option = _OPTION_NAMES.get(field, field).replace("_", "-")
+            problems.append(f"--{option}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+        _fail("; ".join(problems))
+
+
+def _options(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs (values read as YAML) as a dict."""
+    from riselm.config import apply_overrides
+
+    return _run(apply_overrides, {}, pairs)
+
+
+def _sampling(temperature: float, top_p: float, max_new_tokens: int) -> dict:
+    return {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
 
 
 @app.command("tasks")
@@ -65,12 +101,12 @@ def score_command(
     """Score model responses: every row is written back with `pred` and `reward` added."""
     from riselm.scoring import score_file
 
-    _run(score_file, task, file, output=output, unparsable_reward=unparsable_reward, **_task_options(task_option))
+    _run(score_file, task, file, output=output, unparsable_reward=unparsable_reward, **_options(task_option))
 
 
 @app.command("metrics")
 def metrics_command(
-    file: Path = typer.Argument(..., help="An episodes JSONL file written by `riselm eval` or `riselm collect`."),
+    file: Path = typer.Argument(..., help="An episodes JSONL file (README: Episodes files), from riselm or any tool."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Multi-turn metrics of an episodes file: acc@tK, p1@tk, m1@tk (sequential) or mk@t1, pass@k (parallel)."""
@@ -91,41 +127,41 @@ def eval_command(
     split: Optional[str] = typer.Option(None, help="Task split (default: the task's test split)."),
     data: Optional[str] = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
     limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
-    turns: int = typer.Option(5, help="Sequential turns K."),
-    parallel: int = typer.Option(0, help="Also sample k independent first turns (for mk@t1, pass@k)."),
+    turns: int = typer.Option(default(EvalSettings, "turns"), help="Sequential turns K."),
+    parallel: int = typer.Option(default(EvalSettings, "parallel_samples"), help="Also sample k independent first turns (mk@t1, pass@k); 0: none."),
     window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature; 0 for greedy."),
-    top_p: float = typer.Option(1.0),
-    max_new_tokens: int = typer.Option(512),
-    seed: int = typer.Option(0),
-    backend: str = typer.Option("hf", help="hf, vllm or openai."),
+    temperature: float = typer.Option(default(SamplingSettings, "temperature"), help="Sampling temperature; 0 for greedy."),
+    top_p: float = typer.Option(default(SamplingSettings, "top_p")),
+    max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
+    seed: int = typer.Option(0, help="The run seed; with each problem's id and turn it seeds every conversation."),
+    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm or openai."),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL (backend openai)."),
-    batch_size: int = typer.Option(16, help="HF backend: sequences generated together."),
-    chunk_size: int = typer.Option(256, help="Problems generated (and saved) together."),
+    batch_size: int = typer.Option(default(GeneratorSettings, "batch_size"), help="HF backend: sequences generated together."),
+    backend_option: list[str] = typer.Option([], "--backend-option", help=BACKEND_OPTION_HELP),
+    chunk_size: int = typer.Option(default(EvalSettings, "chunk_size"), help="Problems generated (and saved) together."),
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output directory (re-running resumes)."),
     unparsable_reward: float = typer.Option(0.0),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
 ) -> None:
     """Multi-turn evaluation: episodes, metrics.json, report.md and accuracy.png in --out."""
     from riselm.evaluation.evaluate import evaluate
-    from riselm.evaluation.runner import EvalSettings
-    from riselm.generation import build_generator
+    from riselm.pipeline import build
+    from riselm.settings import TaskSettings
     from riselm.tasks import get_task
 
-    task_obj = _run(get_task, task, unparsable_reward=unparsable_reward, **_task_options(task_option))
-    problems = _run(task_obj.load, split=split, data=data, limit=limit)
-    generator = _run(build_generator, model, backend=backend, base_url=base_url, batch_size=batch_size)
-    settings = EvalSettings(
-        turns=turns,
-        parallel_samples=parallel,
-        window=window,
-        temperature=temperature,
-        top_p=top_p,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        chunk_size=chunk_size,
-    )
-    result = _run(evaluate, task_obj, generator, out, settings=settings, problems=problems)
+    settings = _settings(EvalSettings, dict(
+        turns=turns, parallel_samples=parallel, window=window, chunk_size=chunk_size,
+        sampling=_sampling(temperature, top_p, max_new_tokens),
+    ))
+    where = _settings(TaskSettings, dict(name=task, eval_split=split, eval_data=data, eval_limit=limit))
+    generator_settings = _settings(GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size, options=_options(backend_option)))
+    task_obj = _run(get_task, task, unparsable_reward=unparsable_reward, **_options(task_option))
+    problems = _run(task_obj.load, split=where.eval_split, data=where.eval_data, limit=where.eval_limit)
+    generator = _run(build, generator_settings, model)
+    try:
+        _run(evaluate, task_obj, generator, out, settings, problems=problems, seed=seed)
+    finally:
+        generator.close()
     typer.echo((out / "report.md").read_text())
     typer.echo(f"wrote {out}/ (episodes, metrics.json, report.md, accuracy.png)", err=True)
 
@@ -141,36 +177,48 @@ def collect_command(
     expert: Optional[str] = typer.Option(None, help="The model named `expert` in --schedule (a model spec or served name)."),
     expert_backend: str = typer.Option("openai", help="hf, vllm or openai."),
     expert_base_url: Optional[str] = typer.Option(None, help="The expert's OpenAI-compatible server URL."),
-    max_turns: int = typer.Option(5),
-    temperature: float = typer.Option(1.0),
-    max_new_tokens: int = typer.Option(512),
-    backend: str = typer.Option("hf", help="The learner's backend: hf or vllm."),
-    batch_size: int = typer.Option(16),
-    seed: int = typer.Option(0),
+    max_turns: int = typer.Option(default(CollectSettings, "max_turns")),
+    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    temperature: float = typer.Option(default(SamplingSettings, "temperature")),
+    top_p: float = typer.Option(default(SamplingSettings, "top_p")),
+    max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
+    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="The learner's backend: hf or vllm."),
+    batch_size: int = typer.Option(default(GeneratorSettings, "batch_size")),
+    chunk_size: int = typer.Option(default(CollectSettings, "chunk_size"), help="Problems rolled out (and saved) together."),
+    seed: int = typer.Option(0, help="The run seed; with each problem's id and turn it seeds every conversation."),
     out: Path = typer.Option(Path("runs/collect"), "--out", "-o", help="Writes OUT/episodes.jsonl (re-running resumes)."),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
 ) -> None:
     """RISE data collection: on-policy turns, then best-of-N from the learner or an expert after each wrong turn."""
     from riselm.config import parse_schedule
     from riselm.evaluation.metrics import sequential_metrics
-    from riselm.generation import build_generator
-    from riselm.rollout.collect import CollectSettings, ImproverStep, collect
+    from riselm.pipeline import build
+    from riselm.rollout.collect import collect
+    from riselm.settings import TaskSettings
     from riselm.tasks import get_task
 
     steps = _run(parse_schedule, schedule)
-    task_obj = _run(get_task, task, **_task_options(task_option))
-    problems = _run(task_obj.load, split=split, data=data, limit=limit)
-    generators = {"learner": _run(build_generator, model, backend=backend, batch_size=batch_size)}
-    if any(s.model == "expert" for s in steps):
-        if not expert:
-            _fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
-        generators["expert"] = _run(build_generator, expert, backend=expert_backend, base_url=expert_base_url, batch_size=batch_size)
-    unknown = sorted({s.model for s in steps} - set(generators))
-    if unknown:
-        _fail(f"--schedule names unknown model(s) {unknown}; use `learner` or `expert`")
-    settings = CollectSettings(max_turns=max_turns, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    plan = [ImproverStep(generators[s.model], s.n, source=s.model) for s in steps]
-    episodes = _run(collect, task_obj, plan, problems, settings, out / "episodes.jsonl")
+    settings = _settings(CollectSettings, dict(
+        max_turns=max_turns, window=window, schedule=steps, chunk_size=chunk_size,
+        sampling=_sampling(temperature, top_p, max_new_tokens),
+    ))
+    where = _settings(TaskSettings, dict(name=task, train_split=split, train_data=data, train_limit=limit))
+    wanted = {s.model for s in steps}
+    if wanted - {"learner", "expert"}:
+        _fail(f"--schedule names unknown model(s) {sorted(wanted - {'learner', 'expert'})}; use `learner` or `expert`")
+    if "expert" in wanted and not expert:
+        _fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
+    task_obj = _run(get_task, task, **_options(task_option))
+    problems = _run(task_obj.load, split=where.train_split, data=where.train_data, limit=where.train_limit)
+    generators = {"learner": _run(build, _settings(GeneratorSettings, dict(backend=backend, batch_size=batch_size)), model)}
+    try:
+        if "expert" in wanted:
+            expert_settings = _settings(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))
+            generators["expert"] = _run(build, expert_settings, expert)
+        episodes = _run(collect, task_obj, generators, problems, out / "episodes.jsonl", settings, seed)
+    finally:
+        for generator in generators.values():
+            generator.close()
     metrics = sequential_metrics(episodes, task_obj.same_answer)
     typer.echo(f"{len(episodes)} episodes in {out / 'episodes.jsonl'}; solved by turn: "
                + ", ".join(f"t{k} {metrics[f'p1@t{k}']:.1f}%" for k in range(1, int(metrics.get('turns', 0)) + 1)))
@@ -179,24 +227,34 @@ def collect_command(
 @app.command("train")
 def train_command(
     data: Path = typer.Argument(..., help="An episodes JSONL (from collect) or a samples JSONL."),
-    model: str = typer.Option(..., "--model", "-m", help="The model to fine-tune (local dir or hub id)."),
+    model: str = typer.Option(..., "--model", "-m", help="The model to fine-tune (local dir, hub id, .gguf file or named model)."),
     out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Checkpoints and OUT/final (re-running resumes)."),
-    tau: float = typer.Option(0.4, help="Sample weight exp(reward / tau)."),
-    filter: str = typer.Option("all", help="all, better, best or success."),
-    dedup: bool = typer.Option(True),
-    option: list[str] = typer.Option([], "--set", help="Training setting KEY=VALUE (see TrainConfig), repeatable."),
+    tau: float = typer.Option(default(SamplesSettings, "tau"), help="Sample weight exp(reward / tau)."),
+    filter: str = typer.Option(default(SamplesSettings, "filter"), help="all, better, best or success."),
+    dedup: bool = typer.Option(default(SamplesSettings, "dedup")),
+    window: Optional[str] = typer.Option(None, help="Context window of the samples: N attempts, or 'all' (default: the episodes' own)."),
+    option: list[str] = typer.Option([], "--set", help="Training setting KEY=VALUE (see TrainSettings), repeatable."),
 ) -> None:
     """Reward-weighted training on the final turn of each sample (full or LoRA; accelerate-launchable)."""
-    from riselm.config import apply_overrides
-    from riselm.training.config import TrainConfig
+    from riselm.models import resolve_model_dir
+    from riselm.settings import TrainSettings
+    from riselm.training.samples import EPISODE_WINDOW
     from riselm.training.trainer import train_from_file
 
-    from riselm.models import resolve_model_dir
+    from riselm.config import validate
 
-    config = _run(lambda: TrainConfig.model_validate(apply_overrides({}, option)))
+    samples = _settings(SamplesSettings, dict(tau=tau, filter=filter, dedup=dedup))
+    settings = _run(validate, TrainSettings, _options(option), "--set")
+    context = EPISODE_WINDOW if window is None else None if window == "all" else _window(window)
     model_dir = _run(resolve_model_dir, model)  # named models and GGUF files become a checkpoint directory
-    final = _run(train_from_file, data, model_dir, out, config, tau=tau, filter=filter, dedup=dedup)
+    final = _run(train_from_file, data, model_dir, out, settings, samples, context)
     typer.echo(f"trained model in {final}")
+
+
+def _window(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        _fail(f"--window: expected a number of attempts >= 1 or 'all', got {text!r}")
+    return int(text)
 
 
 @app.command("run")
@@ -208,9 +266,9 @@ def run_command(
     from riselm.config import load_config
     from riselm.pipeline import run_pipeline
 
-    cfg = _run(load_config, config, overrides or [])
-    _run(run_pipeline, cfg)
-    typer.echo((Path(cfg.out) / "summary.md").read_text())
+    settings = _run(load_config, config, overrides or [])
+    _run(run_pipeline, settings)
+    typer.echo((Path(settings.out) / "summary.md").read_text())
 
 
 @app.command("demo")

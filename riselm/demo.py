@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from riselm.config import RunConfig, apply_overrides, load_config
+from riselm.config import apply_overrides, check_model_specs, validate
+from riselm.settings import RunSettings
 
 # The recipe, tuned so that RISE's effect shows within the time budget (benchmarks/results/demo.md).
 DEMO_CONFIG = """
@@ -24,6 +25,7 @@ task:
   eval_limit: 500
 model: {hidden_size: 64, num_layers: 2, num_heads: 4}
 learner: {backend: hf, batch_size: 1024}
+threads: 2                  # a tiny model is dominated by per-op overhead: past two threads nothing is gained
 boost:
   enabled: true
   history_turns: 1          # with the context window of 2 below, every turn after the first looks like this
@@ -35,20 +37,20 @@ collect:
   max_turns: 5
   window: 2                 # the question, the last attempt and the retry message
   schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
-  max_new_tokens: 80
+  sampling: {max_new_tokens: 80}
   chunk_size: 250
 train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
-eval: {turns: 5, parallel_samples: 5, window: 2, max_new_tokens: 80, chunk_size: 500}
+eval: {turns: 5, parallel_samples: 5, window: 2, sampling: {max_new_tokens: 80}, chunk_size: 500}
 """
 
 
-def demo_config(out: str | Path, overrides: list[str] = ()) -> tuple[RunConfig, dict]:
-    """The demo's run config (with `overrides`) and the shape of its from-scratch model."""
+def demo_config(out: str | Path, overrides: list[str] = ()) -> tuple[RunSettings, dict]:
+    """The demo's run settings (with `overrides`) and the shape of its from-scratch model."""
     data = apply_overrides(yaml.safe_load(DEMO_CONFIG), list(overrides))
     shape = data.pop("model")
     data["out"] = str(out)
     data["model"] = str(Path(out) / "init")
-    return RunConfig.model_validate(data), shape
+    return validate(RunSettings, data, "demo config"), shape
 
 
 def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
@@ -66,12 +68,9 @@ def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), show_progress: bool = True):
     """Run (or resume) the demo into `out`; returns the pipeline's stage results."""
-    import torch
-
     from riselm.pipeline import run_pipeline
 
-    # A tiny model is dominated by per-op overhead: past two threads nothing is gained.
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg, shape = demo_config(out, overrides)
-    init_model(Path(cfg.model), shape, seed=cfg.seed)
-    return run_pipeline(cfg, show_progress=show_progress)
+    settings, shape = demo_config(out, overrides)
+    init_model(Path(settings.model), shape, seed=settings.seed)
+    check_model_specs(settings)
+    return run_pipeline(settings, show_progress=show_progress)

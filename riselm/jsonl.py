@@ -19,14 +19,24 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8")
 
 
+def _open_bytes(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line_number, row) for each non-blank line; rows must be JSON objects holding `required`."""
     path = Path(path)
     required = list(required)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a JSON Lines file")
+    with _open_bytes(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 JSON Lines") from None
             if not line.strip():
                 continue
             try:
@@ -58,6 +68,8 @@ def read_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: not valid UTF-8; expected a UTF-8 JSON file") from None
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataError(f"{path}: expected a JSON array of objects")
         return data
@@ -66,15 +78,23 @@ def read_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows atomically: a crash leaves either the old file or the new one, never half of one."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a whole text file so that a crash leaves the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class JsonlAppender:

@@ -3,7 +3,7 @@
 Each iteration reads top to bottom: collect -> build samples -> train -> evaluate. Every stage
 writes into its own folder of the run directory and is skipped when its output is complete, so
 running the same command again after a crash continues where it stopped (collection and evaluation
-resume inside their episodes files, training from its last checkpoint).
+resume inside their episodes files, training from its last complete checkpoint).
 
     out/
       config.yaml           the validated config of the run
@@ -14,267 +14,280 @@ resume inside their episodes files, training from its last checkpoint).
 
 from __future__ import annotations
 
-import gc
-import json
-import shutil
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Iterator, Sequence
 
 import yaml
 
-from riselm.config import ConfigError, GeneratorConfig, RunConfig
-from riselm.training.config import TrainConfig
-from riselm.evaluation.evaluate import EvalResult, evaluate
-from riselm.evaluation.report import plot_turn_curves
-from riselm.evaluation.runner import EvalSettings
-from riselm.rollout.collect import CollectSettings, ImproverStep, collect
-from riselm.rollout.episode import Episode
+from riselm.config import ConfigError
+from riselm.evaluation.evaluate import evaluate
+from riselm.generation.base import GenerationStats, Generator
+from riselm.jsonl import write_jsonl, write_text_atomic
+from riselm.rollout.collect import collect
+from riselm.rollout.episode import Episode, read_episodes
+from riselm.settings import GeneratorSettings, RunSettings, TrainSettings
+from riselm.summary import StageResult, write_summary
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
+from riselm.training.samples import TrainingSample, samples_from_episodes
 
-TABLE_KEYS = ("m1@t1", "m5@t1", "m1@t5", "p1@t5")
+DONE = "DONE"  # marks a finished collection (written atomically, after the last episode)
 
 
 @dataclass
-class StageResult:
-    name: str  # "base", "boost", "iter1", ...
-    model: str  # the model evaluated (a checkpoint directory or a model spec)
-    sequential: dict[str, Any]  # sequential metrics of the stage's evaluation
-    parallel: dict[str, Any] | None  # parallel metrics (for m5@t1), when run
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step run this time
+class Run:
+    """What every stage of a run needs."""
 
-    def row(self) -> dict[str, Any]:
-        metrics = {**(self.parallel or {}), **self.sequential}
-        row: dict[str, Any] = {"name": self.name, "model": self.model}
-        row.update({key: metrics.get(key) for key in TABLE_KEYS})
-        turns = int(self.sequential.get("turns", 0))
-        for curve in ("acc", "p1", "m1"):
-            row[f"{curve}@tk"] = [self.sequential.get(f"{curve}@t{k}") for k in range(1, turns + 1)]
-        row["seconds"] = self.seconds
-        return row
+    settings: RunSettings
+    task: Task
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+    out: Path  # the run directory
+    show_progress: bool = True
 
 
-# ---- the run -----------------------------------------------------------------------------------
-
-
-def run_pipeline(cfg: RunConfig, show_progress: bool = True) -> list[StageResult]:
-    """Run (or resume) the whole RISE loop of `cfg`; returns one result per evaluated stage."""
-    out = Path(cfg.out)
-    task, train_problems, eval_problems = prepare(cfg, out)
+def run_pipeline(settings: RunSettings, show_progress: bool = True) -> list[StageResult]:
+    """Run (or resume) the whole RISE loop; returns one result per evaluated stage."""
+    run = start_run(settings, show_progress)
     stages: list[StageResult] = []
-    learner = cfg.train_model or cfg.model  # the lineage being trained
-    collector_fixed = cfg.model if cfg.train_model else None  # weak-to-strong: a fixed collector
-
-    if cfg.eval.base:
-        stages.append(evaluate_stage(cfg, task, eval_problems, learner, out / "base", "base", show_progress))
-    if cfg.boost.enabled:
-        timer = time.perf_counter()
-        learner = boost(cfg, task, train_problems, learner, out / "boost", show_progress)
-        stage = evaluate_stage(cfg, task, eval_problems, learner, out / "boost", "boost", show_progress)
-        stage.seconds["boost"] = round(time.perf_counter() - timer, 1) - stage.seconds.get("eval", 0.0)
-        stages.append(stage)
-    start_model = learner
-    for k in range(1, cfg.iterations + 1):
-        stage_dir = out / f"iter{k}"
-        seconds: dict[str, float] = {}
-        timer = time.perf_counter()
-        collect_stage(cfg, task, train_problems, collector_fixed or learner, stage_dir / "collect", show_progress)
-        seconds["collect"] = round(time.perf_counter() - timer, 1)
-        timer = time.perf_counter()
-        samples = build_samples(cfg, [out / f"iter{i}" / "collect" for i in _data_iterations(cfg, k)], stage_dir)
-        init = learner if cfg.init_from == "previous" else start_model
-        learner = train_stage(cfg.train, samples, init, stage_dir / "train", show_progress)
-        seconds["train"] = round(time.perf_counter() - timer, 1)
-        stage = evaluate_stage(cfg, task, eval_problems, learner, stage_dir, f"iter{k}", show_progress)
-        stage.seconds.update(seconds)
-        stages.append(stage)
-    write_summary(out, stages, title=f"RISE on {task.name} ({cfg.model})")
+    model = settings.train_model or settings.model  # the lineage being trained
+    with Learner(settings.learner) as learner:
+        if settings.eval.base:
+            stages.append(evaluate_stage(run, learner, model, run.out / "base", "base"))
+        if settings.boost.enabled:
+            seconds: dict[str, float] = {}
+            with timed(seconds, "boost"):
+                model = boost_stage(run, learner, model, run.out / "boost")
+            stages.append(evaluate_stage(run, learner, model, run.out / "boost", "boost", seconds))
+        if settings.method == "online":
+            stages += online(run, learner, model)
+        else:
+            stages += rise_iterations(run, learner, model)
+    method = "online RL" if settings.method == "online" else "RISE"
+    write_summary(run.out, stages, title=f"{method} on {run.task.name} ({settings.model})")
     return stages
 
 
-def prepare(cfg: RunConfig, out: Path) -> tuple[Task, list[Problem], list[Problem]]:
-    """Check everything the run needs before any work starts; save the config; load the problems."""
+def rise_iterations(run: Run, learner: Learner, model: str) -> list[StageResult]:
+    """RISE's iterations from `model`: collect -> build samples -> train -> evaluate, each in iter{k}/."""
+    settings, stages = run.settings, []
+    collector = settings.model if settings.train_model else None  # weak-to-strong: a fixed collector
+    start_model = model
+    for k in range(1, settings.iterations + 1):
+        stage_dir = run.out / f"iter{k}"
+        seconds: dict[str, float] = {}
+        with timed(seconds, "collect"):
+            collect_stage(run, learner, collector or model, stage_dir / "collect")
+        with timed(seconds, "train"):
+            samples = build_samples(run, [run.out / f"iter{i}" / "collect" for i in data_iterations(settings, k)], stage_dir)
+            init = model if settings.init_from == "previous" else start_model
+            model = train_stage(learner, settings.train, samples, init, stage_dir / "train", run.show_progress)
+        stages.append(evaluate_stage(run, learner, model, stage_dir, f"iter{k}", seconds))
+    return stages
+
+
+def start_run(settings: RunSettings, show_progress: bool = True) -> Run:
+    """Set the CPU threads, load the task and its problems, save the validated config into the run directory."""
+    if settings.threads:
+        set_cpu_threads(settings.threads)
     try:
-        task = get_task(cfg.task.name, **cfg.task.options)
-    except TypeError as e:
-        raise ConfigError(f"task.options: {e}") from None
-    for name, spec in [("model", cfg.model), ("train_model", cfg.train_model)]:
-        if spec is not None:
-            check_model_spec(spec, name)
-    for name, expert in cfg.experts.items():
-        if expert.backend != "openai":
-            check_model_spec(expert.model, f"experts.{name}.model")
-    train_problems = task.load(cfg.task.train_split, cfg.task.train_data, cfg.task.train_limit)
-    eval_problems = task.load(cfg.task.eval_split, cfg.task.eval_data, cfg.task.eval_limit)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    return task, train_problems, eval_problems
-
-
-def check_model_spec(spec: str, key: str) -> None:
-    """Fail early on a model that cannot be had: a missing path, a named model whose package is not
-    installed, or a hub id that cannot be fetched. (GGUF files are converted here, once.)"""
-    from riselm.models import ModelNotFoundError, resolve_model_dir
-
-    try:
-        resolve_model_dir(spec)
-    except ModelNotFoundError as e:
-        raise ConfigError(f"{key}: {e}") from None
+        task = get_task(settings.task.name, **settings.task.options)
+    except ValueError as e:
+        raise ConfigError(f"task: {e}") from None
+    t = settings.task
+    train_problems = task.load(t.train_split, t.train_data, t.train_limit)
+    eval_problems = task.load(t.eval_split, t.eval_data, t.eval_limit)
+    out = Path(settings.out)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(settings.model_dump(), sort_keys=False))
+    return Run(settings, task, train_problems, eval_problems, out, show_progress)
 
 
 # ---- stages ------------------------------------------------------------------------------------
 
 
-def boost(cfg: RunConfig, task: Task, problems: Sequence[Problem], model: str, stage_dir: Path, show_progress: bool) -> str:
+def boost_stage(run: Run, learner: Learner, model: str, stage_dir: Path) -> str:
     """SFT on the task's gold solutions (with earlier wrong attempts in context when configured)."""
     from riselm.training.boost import boost_samples
 
-    chosen = list(problems)[: cfg.boost.limit] if cfg.boost.limit else list(problems)
-    samples = boost_samples(
-        task, chosen, with_history_turns=cfg.boost.history_turns, seed=cfg.seed, every_depth=cfg.boost.every_depth
-    )
-    _save_samples(samples, stage_dir / "samples.jsonl")
-    return train_stage(cfg.boost.train, samples, model, stage_dir / "train", show_progress)
+    boost = run.settings.boost
+    chosen = run.train_problems[: boost.limit] if boost.limit else run.train_problems
+    samples = boost_samples(run.task, chosen, with_history_turns=boost.history_turns, seed=run.settings.seed, every_depth=boost.every_depth)
+    write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
+    return train_stage(learner, boost.train, samples, model, stage_dir / "train", run.show_progress)
 
 
-def collect_stage(
-    cfg: RunConfig, task: Task, problems: Sequence[Problem], learner: str, collect_dir: Path, show_progress: bool
-) -> list[Episode]:
-    """On-policy rollouts of the learner with the configured improvers; resumes inside the episodes file."""
+def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path) -> list[Episode]:
+    """On-policy rollouts of `model` with the configured improvers; resumes inside the episodes file."""
     episodes_path = collect_dir / "episodes.jsonl"
-    if (collect_dir / "DONE").exists():
-        from riselm.evaluation.runner import load_episodes
-
-        return load_episodes(episodes_path)
-    generators = {"learner": _generator(cfg.learner, learner)}
-    for name, expert in cfg.experts.items():
-        if any(step.model == name for step in cfg.collect.schedule):
-            generators[name] = _generator(expert, expert.model)
-    schedule = [ImproverStep(generators[s.model], s.n, source=s.model) for s in cfg.collect.schedule]
-    settings = CollectSettings(
-        max_turns=cfg.collect.max_turns,
-        temperature=cfg.collect.temperature,
-        top_p=cfg.collect.top_p,
-        max_new_tokens=cfg.collect.max_new_tokens,
-        seed=cfg.seed,
-        chunk_size=cfg.collect.chunk_size,
-        window=cfg.collect.window,
-    )
-    chosen = list(problems)[: cfg.collect.limit] if cfg.collect.limit else list(problems)
-    episodes = collect(task, schedule, chosen, settings, episodes_path, show_progress)
-    (collect_dir / "DONE").write_text("")
-    _release(generators)
+    if (collect_dir / DONE).exists():
+        return read_episodes(episodes_path)
+    settings = run.settings
+    generators: dict[str, Generator] = {"learner": learner.at(model)}
+    named = {step.model for step in settings.collect.schedule}
+    experts = {name: build(expert, expert.model) for name, expert in settings.experts.items() if name in named}
+    try:
+        episodes = collect(
+            run.task, {**generators, **experts}, run.train_problems, episodes_path, settings.collect, settings.seed, run.show_progress
+        )
+    finally:
+        for expert in experts.values():
+            expert.close()
+    write_text_atomic(collect_dir / DONE, "")
     return episodes
 
 
-def build_samples(cfg: RunConfig, collect_dirs: Sequence[Path], stage_dir: Path) -> list:
+def build_samples(run: Run, collect_dirs: Sequence[Path], stage_dir: Path) -> list[TrainingSample]:
     """Weighted training samples from the collected episodes (of this iteration, or all so far)."""
-    from riselm.evaluation.runner import load_episodes
-    from riselm.training.samples import samples_from_episodes
-
-    episodes = [e for d in collect_dirs for e in load_episodes(d / "episodes.jsonl")]
-    samples = samples_from_episodes(
-        episodes, tau=cfg.samples.tau, filter=cfg.samples.filter, dedup=cfg.samples.dedup, window=cfg.collect.window
-    )
-    _save_samples(samples, stage_dir / "samples.jsonl")
+    episodes = [e for d in collect_dirs for e in read_episodes(d / "episodes.jsonl")]
+    samples = samples_from_episodes(episodes, run.settings.samples)
+    if not samples:
+        raise ValueError(
+            f"{stage_dir}: no training samples: the {len(episodes)} collected episodes leave none after "
+            f"samples.filter={run.settings.samples.filter!r}"
+        )
+    write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
     return samples
 
 
-def train_stage(train: TrainConfig, samples: Sequence, init_model: str, train_dir: Path, show_progress: bool) -> str:
+def train_stage(
+    learner: Learner, settings: TrainSettings, samples: Sequence[TrainingSample], init_model: str, train_dir: Path, show_progress: bool
+) -> str:
     """Reward-weighted training from `init_model`; returns the trained model's directory. Resumes from checkpoints."""
+    import shutil
+
     from riselm.models import resolve_model_dir
     from riselm.training.trainer import train_weighted
 
     final = train_dir / "final"
-    if (final / "config.json").exists() or (final / "adapter_config.json").exists():
+    if final.exists():  # final/ appears only once complete (written under another name, then renamed)
         return str(final)
-    if not samples:
-        raise RuntimeError(f"no training samples for {train_dir}: collection produced nothing usable")
-    final = train_weighted(resolve_model_dir(init_model), samples, train_dir, train, show_progress=show_progress)
+    learner.close()  # a generation engine may hold the memory training needs
+    final = train_weighted(resolve_model_dir(init_model), samples, train_dir, settings, show_progress=show_progress)
     for checkpoint in train_dir.glob("checkpoint-*"):  # final/ is complete: resume points are no longer needed
         shutil.rmtree(checkpoint, ignore_errors=True)
     return str(final)
 
 
+def online(run: Run, learner: Learner, model: str) -> list[StageResult]:
+    """Online multi-turn RL from `model`: the live policy's evaluations along the way, then the final one."""
+    from riselm.online.loop import online_stage
+
+    stage_dir = run.out / "online"
+    seconds: dict[str, float] = {}
+    learner.close()  # the online stage holds its own copy of the policy
+    with timed(seconds, "online"):
+        final = online_stage(run, model, stage_dir)
+    along = sorted(stage_dir.glob("eval-step*/metrics.json"), key=lambda p: int(p.parent.name.removeprefix("eval-step")))
+    stages = [StageResult.from_metrics(path, f"online@{path.parent.name.removeprefix('eval-step')}") for path in along]
+    return stages + [evaluate_stage(run, learner, final, stage_dir, "online", seconds)]
+
+
 def evaluate_stage(
-    cfg: RunConfig, task: Task, problems: Sequence[Problem], model: str, stage_dir: Path, name: str, show_progress: bool
+    run: Run, learner: Learner, model: str, stage_dir: Path, name: str, seconds: dict[str, float] | None = None
 ) -> StageResult:
     """Sequential (and parallel) evaluation of one stage's model; resumes inside its episodes files."""
-    timer = time.perf_counter()
-    generator = _generator(cfg.learner, model)
-    e = cfg.eval
-    settings = EvalSettings(
-        turns=e.turns,
-        parallel_samples=e.parallel_samples,
-        window=e.window,
-        temperature=e.temperature,
-        top_p=e.top_p,
-        max_new_tokens=e.max_new_tokens,
-        seed=e.seed,
-        chunk_size=e.chunk_size,
-    )
-    result: EvalResult = evaluate(
-        task, generator, stage_dir / "eval", settings, problems=problems, show_progress=show_progress, title=f"{name}: {task.name}"
-    )
-    _release({"learner": generator})
-    return StageResult(name, model, result.sequential, result.parallel, {"eval": round(time.perf_counter() - timer, 1)})
+    seconds = dict(seconds or {})
+    with timed(seconds, "eval"):
+        result = evaluate(
+            run.task, learner.at(model), stage_dir / "eval", run.settings.eval, problems=run.eval_problems,
+            seed=run.settings.seed, show_progress=run.show_progress, title=f"{name}: {run.task.name}",
+        )
+    return StageResult(name, model, result.sequential, result.parallel, seconds)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-def _data_iterations(cfg: RunConfig, k: int) -> list[int]:
-    return list(range(1, k + 1)) if cfg.aggregate else [k]
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to seconds[key]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 1)
 
 
-def _generator(gen: GeneratorConfig, model: str):
+def set_cpu_threads(threads: int) -> None:
+    """Use `threads` torch threads, never more than the CPUs this process may run on (a tiny model on a
+    shared machine slows down many times over when its threads outnumber the cores it gets)."""
+    import os
+
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(min(threads, usable))
+
+
+def data_iterations(settings: RunSettings, k: int) -> list[int]:
+    """The iterations whose collected data train iteration k."""
+    return list(range(1, k + 1)) if settings.aggregate else [k]
+
+
+def build(settings: GeneratorSettings, model: str) -> Generator:
+    """A generator for `model` on the backend of `settings`."""
     from riselm.generation import build_generator
 
     return build_generator(
-        model, backend=gen.backend, base_url=gen.base_url, api_key_env=gen.api_key_env, batch_size=gen.batch_size, **gen.options
+        model, backend=settings.backend, base_url=settings.base_url, api_key_env=settings.api_key_env,
+        batch_size=settings.batch_size, **settings.options,
     )
 
 
-def _release(generators: dict) -> None:
-    """Free generator memory before training or the next stage (a vLLM engine holds the whole GPU)."""
-    for g in generators.values():
-        close = getattr(g, "close", None)
-        if close:
-            close()
-    generators.clear()
-    gc.collect()
-    try:
-        import torch
+class Learner:
+    """The learner's generator across stages, built when it is first asked to generate.
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    `at(model)` points it at a model. The engine is kept while it serves the same model (a stage's
+    evaluation and the next iteration's collection), moved to another checkpoint with the backend's
+    `reload` where it has one (vLLM: adapters without a restart), and closed before training.
+    """
 
+    def __init__(self, settings: GeneratorSettings):
+        self.settings = settings
+        self._generator: Generator | None = None
+        self._serving: str | None = None  # the model the generator holds
+        self._wanted: str | None = None  # the model the next generation is for
+        self.stats = GenerationStats()  # over every generator it has held
 
-def _save_samples(samples: Sequence, path: Path) -> None:
-    from riselm.jsonl import write_jsonl
+    def at(self, model: str) -> "Learner":
+        self._wanted = model
+        return self
 
-    write_jsonl(path, (s.to_dict() for s in samples))
+    @property
+    def name(self) -> str:
+        return self._wanted or ""
 
+    def generate(self, conversations, params, seeds=None):
+        start = time.perf_counter()
+        results = self._ready().generate(conversations, params, seeds=seeds)
+        self.stats.calls += 1
+        self.stats.prompts += len(conversations)
+        self.stats.completions += sum(map(len, results))
+        self.stats.generated_tokens += sum(c.num_tokens for completions in results for c in completions)
+        self.stats.seconds += time.perf_counter() - start
+        return results
 
-def write_summary(out: Path, stages: Sequence[StageResult], title: str = "RISE") -> dict[str, Any]:
-    """summary.json, summary.md and summary.png: the paper's Table 1 across stages, and per-turn curves."""
-    summary = {"stages": [s.row() for s in stages]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"# {title}", "", "| stage | " + " | ".join(TABLE_KEYS) + " | acc@tk |", "|---|" + "---|" * (len(TABLE_KEYS) + 1)]
-    for row in summary["stages"]:
-        cells = ["–" if row[k] is None else f"{row[k]:.1f}" for k in TABLE_KEYS]
-        curve = " → ".join(f"{v:.1f}" for v in row["acc@tk"] if v is not None)
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {curve} |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    if stages:
-        plot_turn_curves(
-            {s.name: s.sequential for s in stages},
-            out / "summary.png",
-            title=title,
-            parallel={s.name: s.parallel for s in stages if s.parallel},
-        )
-    return summary
+    def _ready(self) -> Generator:
+        if self._generator is not None and self._serving != self._wanted:
+            if hasattr(self._generator, "reload"):
+                self._generator.reload(self._wanted)
+                self._serving = self._wanted
+            else:
+                self.close()
+        if self._generator is None:
+            self._generator, self._serving = build(self.settings, self._wanted), self._wanted
+        return self._generator
+
+    def close(self) -> None:
+        generator, self._generator, self._serving = self._generator, None, None
+        if generator is not None:
+            generator.close()
+
+    def __enter__(self) -> "Learner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from riselm.jsonl import DataError, iter_jsonl, write_jsonl
-from riselm.rollout.scoring import score_responses
 from riselm.tasks import Task, get_task
 
 
@@ -43,7 +42,7 @@ def score_file(task_name: str, path: str | Path, output: str | Path | None = Non
 def _score_numbered(task: Task, numbered: list[tuple[int, Any]], source: str) -> list[dict[str, Any]]:
     """Check every (line number, row) first, then score them all at once (code tasks run concurrently)."""
     problems = [_problem_of_row(task, row, source, lineno) for lineno, row in numbered]
-    scores = score_responses(task, problems, [row["response"] for _, row in numbered])
+    scores = task.score_many(problems, [row["response"] for _, row in numbered])
     out = []
     for (_, row), score in zip(numbered, scores):
         scored = {**row, "pred": score.pred, "reward": score.reward}

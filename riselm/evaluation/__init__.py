@@ -2,13 +2,12 @@
 
 from riselm.evaluation.evaluate import EvalResult, evaluate, metrics_of_file
 from riselm.evaluation.metrics import majority_vote, parallel_metrics, sequential_metrics
-from riselm.evaluation.runner import EvalSettings, load_episodes
+from riselm.settings import EvalSettings
 
 __all__ = [
     "EvalResult",
     "EvalSettings",
     "evaluate",
-    "load_episodes",
     "majority_vote",
     "metrics_of_file",
     "parallel_metrics",

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from riselm.evaluation.metrics import parallel_metrics, sequential_metrics
+from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequential_metrics
 from riselm.evaluation.report import plot_turn_curves, turn_table
-from riselm.evaluation.runner import EvalSettings, load_episodes, run_parallel, run_sequential
 from riselm.generation.base import Generator
+from riselm.rollout.engine import RolloutSpec, Step, rollout
+from riselm.rollout.episode import read_episodes
+from riselm.settings import EvalSettings
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
+
+logger = logging.getLogger(__name__)
 
 SEQUENTIAL_FILE = "episodes.sequential.jsonl"
 PARALLEL_FILE = "episodes.parallel.jsonl"
@@ -34,6 +39,22 @@ class EvalResult:
         return d
 
 
+def sequential_spec(settings: EvalSettings, seed: int = 0) -> RolloutSpec:
+    """K turns per problem; the retry message follows every turn, right or wrong."""
+    return RolloutSpec(
+        mode="sequential", turns=settings.turns, stop_when_correct=False, window=settings.window,
+        sampling=settings.sampling, seed=seed, chunk_size=settings.chunk_size, system=settings.system,
+    )
+
+
+def parallel_spec(settings: EvalSettings, seed: int = 0) -> RolloutSpec:
+    """k independent one-turn episodes per problem."""
+    return RolloutSpec(
+        mode="parallel", turns=1, stop_when_correct=False, episodes_per_problem=settings.parallel_samples,
+        sampling=settings.sampling, seed=seed, chunk_size=settings.chunk_size, system=settings.system,
+    )
+
+
 def evaluate(
     task: Task | str,
     generator: Generator,
@@ -43,6 +64,7 @@ def evaluate(
     split: str | None = None,
     data: str | Path | None = None,
     limit: int | None = None,
+    seed: int = 0,
     show_progress: bool = True,
     title: str | None = None,
 ) -> EvalResult:
@@ -59,24 +81,19 @@ def evaluate(
     tokens_before = _generated_tokens(generator)
     start = time.perf_counter()
 
-    sequential = run_sequential(task, generator, problems, settings, out_dir / SEQUENTIAL_FILE, show_progress)
-    seq_metrics = sequential_metrics(_of(sequential, problems), task.same_answer)
+    schedule = [Step(generator)]
+    sequential = rollout(task, problems, schedule, sequential_spec(settings, seed), out_dir / SEQUENTIAL_FILE, show_progress)
+    seq_metrics = sequential_metrics(sequential, task.same_answer)
     par_metrics = None
     if settings.parallel_samples > 0:
-        parallel = run_parallel(task, generator, problems, settings, out_dir / PARALLEL_FILE, show_progress)
-        par_metrics = parallel_metrics(_of(parallel, problems), task.same_answer)
+        parallel = rollout(task, problems, schedule, parallel_spec(settings, seed), out_dir / PARALLEL_FILE, show_progress)
+        par_metrics = parallel_metrics(parallel, task.same_answer)
 
     wall = time.perf_counter() - start
     tokens = _generated_tokens(generator) - tokens_before
     result = EvalResult(out_dir, seq_metrics, par_metrics, round(wall, 2), tokens, round(tokens / wall, 2) if wall else 0.0)
-    write_report(result, task=task.name, model=getattr(generator, "name", "model"), settings=settings, title=title)
+    write_report(result, task=task.name, model=generator.name, settings=settings, title=title)
     return result
-
-
-def _of(episodes: Sequence, problems: Sequence[Problem]) -> list:
-    """Only the episodes of the problems asked for (an out_dir may hold more from an earlier run)."""
-    wanted = {p.id for p in problems}
-    return [e for e in episodes if e.id in wanted]
 
 
 def _generated_tokens(generator: Generator) -> int:
@@ -87,14 +104,14 @@ def _generated_tokens(generator: Generator) -> int:
 def write_report(result: EvalResult, task: str, model: str, settings: EvalSettings, title: str | None = None) -> None:
     """metrics.json, report.md and accuracy.png in the result's out_dir."""
     out = result.out_dir
-    meta = {"task": task, "model": model, "settings": asdict(settings)}
+    meta = {"task": task, "model": model, "settings": settings.model_dump()}
     (out / "metrics.json").write_text(json.dumps({**meta, **result.summary()}, indent=2) + "\n")
     title = title or f"{model} on {task}"
     seq = result.sequential
     lines = [
         f"# {title}",
         "",
-        f"{seq.get('num_problems', 0)} problems, {seq.get('turns', 0)} sequential turns, temperature {settings.temperature}"
+        f"{seq.get('num_problems', 0)} problems, {seq.get('turns', 0)} sequential turns, temperature {settings.sampling.temperature}"
         + (f", {settings.parallel_samples} parallel samples" if settings.parallel_samples else ""),
         "",
         turn_table(seq, result.parallel),
@@ -109,15 +126,23 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
 def metrics_of_file(path: str | Path, task: Task | None = None) -> dict[str, Any]:
     """Metrics of an episodes JSONL file (sequential, parallel or collection), using the task's equivalence.
 
-    The task is the one named in the episodes unless given.
+    The task is the one named in the episodes unless given; episodes of a task riselm does not know
+    (written by another tool) are compared as exact answer strings.
     """
-    from riselm.evaluation.metrics import episode_metrics
-
-    episodes = load_episodes(path)
+    episodes = read_episodes(path)
     tasks = {e.task for e in episodes}
     if len(tasks) > 1:
         raise ValueError(f"{path}: episodes of several tasks {sorted(tasks)}; compute metrics per task")
     if task is None and tasks:
-        task = get_task(next(iter(tasks)))
-    same = task.same_answer if task else (lambda a, b: a == b)
+        task = _known_task(next(iter(tasks)), path)
+    same = task.same_answer if task else (lambda a, b: a.strip() == b.strip())
     return episode_metrics(episodes, same)
+
+
+def _known_task(name: str, path: str | Path) -> Task | None:
+    from riselm.tasks import task_names
+
+    if name in task_names():
+        return get_task(name)
+    logger.warning("%s: task %r is not one of riselm's; answers are compared as exact strings", path, name)
+    return None

@@ -48,7 +48,7 @@ def majority_vote(answers: Sequence[str | None], same: SameAnswer) -> int | None
 def majority_correct(turns: Sequence[Turn], same: SameAnswer) -> bool:
     """Whether the majority answer among `turns` is correct (all-null counts as wrong)."""
     winner = majority_vote([t.pred for t in turns], same)
-    return winner is not None and turns[winner].reward >= 1.0
+    return winner is not None and turns[winner].correct
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -72,11 +72,11 @@ def sequential_metrics(episodes: Sequence[Episode], same: SameAnswer) -> dict[st
     for k in range(1, max_turns + 1):
         # An episode shorter than k (stopped early) keeps its last turn's state for later turns.
         prefix = [e.turns[:k] for e in episodes]
-        out[f"acc@t{k}"] = _pct(sum(t[-1].reward >= 1.0 for t in prefix if t), n)
-        out[f"p1@t{k}"] = _pct(sum(any(x.reward >= 1.0 for x in t) for t in prefix), n)
+        out[f"acc@t{k}"] = _pct(sum(t[-1].correct for t in prefix if t), n)
+        out[f"p1@t{k}"] = _pct(sum(any(x.correct for x in t) for t in prefix), n)
         out[f"m1@t{k}"] = _pct(sum(majority_correct(t, same) for t in prefix if t), n)
         if k >= 2:
-            pairs = [(e.turns[k - 2].reward >= 1.0, e.turns[k - 1].reward >= 1.0) for e in episodes if len(e.turns) >= k]
+            pairs = [(e.turns[k - 2].correct, e.turns[k - 1].correct) for e in episodes if len(e.turns) >= k]
             out[f"wrong->right@t{k}"] = sum(1 for a, b in pairs if not a and b)
             out[f"right->wrong@t{k}"] = sum(1 for a, b in pairs if a and not b)
     out["no_answer_rate"] = _pct(sum(t.pred is None for e in episodes for t in e.turns), sum(len(e.turns) for e in episodes))
@@ -93,11 +93,11 @@ def parallel_metrics(episodes: Sequence[Episode], same: SameAnswer) -> dict[str,
     samples = {pid: [e.turns[0] for e in sorted(eps, key=lambda e: e.sample) if e.turns] for pid, eps in by_problem.items()}
     n = min(len(s) for s in samples.values())
     out: dict[str, float | int] = {"num_problems": len(samples), "samples": n}
-    out["acc@t1"] = round(100.0 * sum(sum(t.reward >= 1.0 for t in s[:n]) / n for s in samples.values()) / len(samples), 2)
+    out["acc@t1"] = round(100.0 * sum(sum(t.correct for t in s[:n]) / n for s in samples.values()) / len(samples), 2)
     for k in range(1, n + 1):
         out[f"m{k}@t1"] = _pct(sum(majority_correct(s[:k], same) for s in samples.values()), len(samples))
         out[f"pass@{k}"] = round(
-            100.0 * sum(pass_at_k(n, sum(t.reward >= 1.0 for t in s[:n]), k) for s in samples.values()) / len(samples), 2
+            100.0 * sum(pass_at_k(n, sum(t.correct for t in s[:n]), k) for s in samples.values()) / len(samples), 2
         )
     return out
 

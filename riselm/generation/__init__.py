@@ -4,13 +4,27 @@
 - `vllm` (optional extra): fast GPU/CPU inference through vLLM.
 - `openai_compat.OpenAIGenerator`: any OpenAI-compatible HTTP server.
 - `fake.ScriptedGenerator`: scripted responses for tests.
+
+Every backend has `generate(conversations, params, seeds=None)` and `close()`; `seeds[i]` (a
+non-negative int below 2**31) seeds conversation i, and sample j of it depends only on (seeds[i], j),
+not on the batching (see `Generator` for each backend's guarantee).
 """
 
 from __future__ import annotations
 
 import os
 
-from riselm.generation.base import Completion, Conversation, Generator, GenerationStats, Message, SamplingParams
+from riselm.generation.base import (
+    SEED_LIMIT,
+    Completion,
+    Conversation,
+    GenerationStats,
+    Generator,
+    Message,
+    SamplingParams,
+    check_seeds,
+    stream_key,
+)
 
 BACKENDS = ("hf", "vllm", "openai")
 
@@ -22,6 +36,7 @@ def build_generator(
     base_url: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
     batch_size: int = 16,
+    send_seed: bool = True,
     **options,
 ) -> Generator:
     """A generator for model `spec` on `backend`.
@@ -30,9 +45,11 @@ def build_generator(
         (device, dtype, max_batch_tokens, name) go to HFGenerator.from_pretrained.
     vllm: `spec` as for hf; `options` go to riselm.generation.vllm.VLLMGenerator.
     openai: `spec` is the served model's name; `base_url` defaults to $OPENAI_BASE_URL, else the
-        OpenAI API; `options` (max_concurrency, max_retries, timeout, max_wait_s) go to OpenAIGenerator.
-    Options that do not concern the chosen backend (base_url for hf, batch_size for openai) are ignored,
-    so one configuration section can serve every backend.
+        OpenAI API; `send_seed` (False: never send seeds, for servers such as vLLM's CPU build that fail
+        on seeded requests) and `options` (max_concurrency, max_retries, timeout, max_wait_s) go to
+        OpenAIGenerator.
+    Options that do not concern the chosen backend (base_url and send_seed for hf and vllm, batch_size
+    for openai) are ignored, so one configuration section can serve every backend.
     """
     if backend == "hf":
         from riselm.generation.hf import HFGenerator
@@ -42,7 +59,7 @@ def build_generator(
         from riselm.generation.openai_compat import OpenAIGenerator
 
         url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        return OpenAIGenerator(url, spec, api_key_env=api_key_env, **options)
+        return OpenAIGenerator(url, spec, api_key_env=api_key_env, send_seed=send_seed, **options)
     if backend == "vllm":
         try:
             from riselm.generation.vllm import VLLMGenerator
@@ -57,6 +74,7 @@ def build_generator(
 
 __all__ = [
     "BACKENDS",
+    "SEED_LIMIT",
     "Completion",
     "Conversation",
     "GenerationStats",
@@ -64,4 +82,6 @@ __all__ = [
     "Message",
     "SamplingParams",
     "build_generator",
+    "check_seeds",
+    "stream_key",
 ]

@@ -8,6 +8,15 @@ speed of `generate` on CPU here (benchmarks/results/hf_decoding.md). This loop c
 once and copies its cache to its samples, writes new keys and values in place, and drops rows from
 the batch as they finish. Everything else (the model, its cache layers, attention masks, stop
 strings) is transformers'.
+
+Sampling draws argmax(p / E) with E ~ Exp(1) per token, which is exact. Unseeded, E comes from one
+batched `exponential_` on torch's global generator. Seeded, every row has its own random stream
+(`RowStreams`): E is a counter-based hash of (row key, step, token), computed for the whole batch at
+once, so a row's tokens depend on its key and its own logits only, not on the other rows, the batch
+size or when other rows finish. Per-row `torch.Generator`s would give the same independence at the
+price of one Python call per row per step; the hash is cheaper than even the unseeded
+`exponential_` on CPU (benchmarks/results/hf_decoding.md), gives the same stream on every device and
+never touches the global generator.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from riselm.generation.base import GOLDEN, MIX_MULTIPLIERS, MIX_SHIFTS
 
 
 @dataclass(frozen=True)
@@ -104,20 +115,85 @@ def new_cache(model, capacity: int) -> Cache:
     return DynamicCache(config=model.config)
 
 
-def next_tokens(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """One token per row from last-position logits [rows, vocab]."""
+def next_tokens(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row from last-position logits [rows, vocab].
+
+    noise: Exp(1) values shaped like `logits` (a `RowStreams` draw) for seeded rows; None draws them
+    from torch's global generator. Greedy sampling uses none.
+    """
     if sampling.greedy:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
         # keep the smallest set of tokens whose mass reaches top_p (the most likely token always stays)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     # argmax(p / E) with E ~ Exp(1) draws from p exactly, and is much faster than torch.multinomial
     # over a large vocabulary.
-    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+    if noise is None:
+        noise = torch.empty_like(probs).exponential_()
+    return (probs / noise).argmax(-1)
+
+
+def _signed(value: int) -> int:
+    """An unsigned 64-bit value as the int64 with the same bits."""
+    value &= 2**64 - 1
+    return value - 2**64 if value >= 2**63 else value
+
+
+_MULTIPLIERS = tuple(_signed(m) for m in MIX_MULTIPLIERS)
+_SHIFT_MASKS = tuple(2 ** (64 - shift) - 1 for shift in MIX_SHIFTS)  # logical shifts of int64 tensors
+
+
+def _mix64_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer on int64 `x` in place (multiplications wrap around as in uint64)."""
+    for k, shift in enumerate(MIX_SHIFTS):
+        torch.bitwise_right_shift(x, shift, out=scratch)
+        scratch &= _SHIFT_MASKS[k]  # >> of an int64 copies the sign bit; the mask makes it a logical shift
+        x ^= scratch
+        if k < len(_MULTIPLIERS):
+            x *= _MULTIPLIERS[k]
+    return x
+
+
+class RowStreams:
+    """One random stream per row of a batch, drawn for all rows at once: Exp(1) noise for seeded sampling.
+
+    Row r has a 64-bit key (`riselm.generation.base.stream_key(seed, sample)`). Its noise for token v
+    at generation step t (0 for the first new token) is, with splitmix64 as in riselm.generation.base:
+
+        h = splitmix64(splitmix64(key_r, t), v)      # a 64-bit integer
+        w = min(float32(float32(h >> 11) + 0.5) * 2**-53, 1 - 2**-24)
+        E = -log1p(-w)                                # Exp(1), finely resolved near 0 where tokens win
+
+    The value depends on (key, t, v) alone: a row's stream does not change with the other rows of the
+    batch, their number or order, or the rows dropped when they finish (`select` keeps the keys with
+    their rows). The integer part is exact on every device.
+    """
+
+    def __init__(self, keys: Sequence[int], device):
+        self.keys = torch.tensor([_signed(key) for key in keys], dtype=torch.int64, device=device)
+        self._offsets = torch.empty(0, dtype=torch.int64, device=device)
+
+    def select(self, indices: torch.Tensor) -> None:
+        """Keep the streams of rows `indices` (in that order), as the batch keeps those rows."""
+        self.keys = self.keys[indices]
+
+    def exponential(self, step: int, vocab: int) -> torch.Tensor:
+        """The Exp(1) noise [rows, vocab] of every row for generation step `step`."""
+        if len(self._offsets) < vocab:  # (v + 1) * golden for every token v: splitmix64's counter steps
+            tokens = torch.arange(1, vocab + 1, dtype=torch.int64, device=self.keys.device)
+            self._offsets = tokens * _signed(GOLDEN)
+        base = self.keys + _signed((step + 1) * GOLDEN)
+        base = _mix64_(base, torch.empty_like(base))  # splitmix64(key, step) of every row
+        bits = base[:, None] + self._offsets[None, :vocab]
+        _mix64_(bits, torch.empty_like(bits))  # splitmix64(base, v) of every token
+        bits >>= 11
+        bits &= 2**53 - 1
+        w = bits.to(torch.float32)
+        return w.add_(0.5).mul_(2.0**-53).clamp_(max=1.0 - 2.0**-24).neg_().log1p_().neg_()
 
 
 @torch.inference_mode()
@@ -130,14 +206,21 @@ def sample_batch(
     end_ids: Sequence[int],
     pad_id: int,
     stop_criteria=None,
+    row_keys: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Generate `copies[i]` continuations of `prompts[i]`; returns them prompt by prompt, copy by copy.
 
     A continuation ends after an end token (kept in the result), when `stop_criteria` (transformers'
     StopStringCriteria) fires, or after max_new_tokens. Prompts are left padded and position ids
     follow the attention mask, so absolute position embeddings (GPT-2) see each prompt from 0.
+    row_keys: one 64-bit stream key per continuation (in the order of the result) for seeded
+    sampling through `RowStreams`; None samples from torch's global generator.
     """
     device = model.device
+    rows = sum(copies)
+    if row_keys is not None and len(row_keys) != rows:
+        raise ValueError(f"got {len(row_keys)} row keys for {rows} rows")
+    streams = RowStreams(row_keys, device) if row_keys is not None and not sampling.greedy else None
     width = max(len(p) for p in prompts)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, prompt in enumerate(prompts):
@@ -160,14 +243,13 @@ def sample_batch(
     cache.batch_select_indices(owner)
     logits, mask, next_position = logits[owner], mask[owner], positions[owner, -1] + 1
 
-    rows = len(owner)
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.full((rows,), max_new_tokens, dtype=torch.long)
     alive = torch.arange(rows, device=device)  # original row of each batch row
     finished = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row, not yet dropped
     end_ids_t = torch.tensor(list(end_ids), device=device)
     for step in range(max_new_tokens):
-        chosen = next_tokens(logits, sampling)
+        chosen = next_tokens(logits, sampling, None if streams is None else streams.exponential(step, logits.shape[-1]))
         tokens[alive, step] = chosen
         ends = torch.isin(chosen, end_ids_t)
         if stop_criteria is not None:
@@ -184,6 +266,8 @@ def sample_batch(
             cache.batch_select_indices(keep)
             alive, mask, next_position, chosen = alive[keep], mask[keep], next_position[keep], chosen[keep]
             finished = finished[keep]
+            if streams is not None:
+                streams.select(keep)
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=-1)
         logits = model(
             input_ids=chosen[:, None],

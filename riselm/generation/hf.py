@@ -1,15 +1,22 @@
 """Generation with a Hugging Face transformers model, batched across conversations and samples.
 
 Every (conversation, sample) pair becomes one row: prompts are rendered with the tokenizer's own
-chat template, sorted by length so that rows of similar length share a batch (less padding), padded
-on the left, generated in chunks by riselm.generation.decoding (each prompt computed once for all of
-its samples, finished rows dropped), and put back in their original order.
+chat template, sorted by length (and identical prompts next to each other) so that rows of similar
+length share a batch (less padding), padded on the left, generated in chunks by
+riselm.generation.decoding (each distinct prompt computed once for all of its rows in a batch, even
+when several conversations send the same prompt; finished rows dropped), and put back in their
+original order.
 
-Reproducibility: with `params.seed` set, the same call (same conversations, params, batch settings,
-model, device and library versions) returns the same completions. A sample does not keep its value
-when the batch around it changes (another batch size, more conversations), because the random
-numbers of a whole batch come from one stream. Greedy decoding (temperature 0) does not
-depend on the batch: batched and one-at-a-time generation give the same text (tested), up to
+Reproducibility: with `seeds`, sample j of conversation i samples from its own random stream, keyed
+by `stream_key(seeds[i], j)` (decoding.RowStreams: a counter-based hash, one batched computation
+per step). It does not depend on the other conversations of the call, their order, the batch size
+or budget, rows that finish early, or on n (sample j stays sample j when more samples are asked
+for); so a resumed or re-chunked run gives the same text, up to floating-point differences in the
+logits themselves (another batch shape can round a matmul's last bit differently, which changes a
+token only when two candidates are that close; the tiny models of the tests give identical text).
+Seeded generation neither uses nor changes torch's global random state. Without seeds the rows draw
+from torch's global generator, one batched draw per step. Greedy decoding (temperature 0) does not
+depend on the batch either: batched and one-at-a-time generation give the same text (tested), up to
 floating-point ties.
 """
 
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 
 from transformers import StopStringCriteria
 
-from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams
+from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
 from riselm.generation.decoding import Sampling, sample_batch
 
 
@@ -32,6 +39,8 @@ class _Row:
     conversation: int  # index into the conversations of the call
     sample: int  # 0 .. n-1
     prompt_ids: list[int]
+    prompt: int  # the same number for rows whose prompt ids are identical: they share one prefill
+    key: int | None  # the row's random stream (seeded sampling), else None
 
 
 class HFGenerator:
@@ -64,22 +73,54 @@ class HFGenerator:
         model, tokenizer = load_model_and_tokenizer(spec, device=device, dtype=dtype)
         return cls(model, tokenizer, name=options.pop("name", str(spec)), **options)
 
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
-        import torch
-
+    def generate(
+        self, conversations: Sequence[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        seeds = check_seeds(seeds, len(conversations))
+        self._model()  # a closed generator says so before any work
         started = time.perf_counter()
         prompts = [self._prompt_ids(index, conversation, params) for index, conversation in enumerate(conversations)]
-        rows = [_Row(index, sample, prompt) for index, prompt in enumerate(prompts) for sample in range(params.n)]
-        rows.sort(key=lambda row: len(row.prompt_ids))  # stable: equal lengths keep their order
+        distinct: dict[tuple[int, ...], int] = {}
+        rows = []
+        for index, prompt in enumerate(prompts):
+            group = distinct.setdefault(tuple(prompt), len(distinct))
+            for sample in range(params.n):
+                key = None if seeds is None or params.greedy else stream_key(seeds[index], sample)
+                rows.append(_Row(index, sample, prompt, group, key))
+        # Stable: identical prompts end up next to each other, each in conversation then sample order.
+        rows.sort(key=lambda row: (len(row.prompt_ids), row.prompt))
         results: list[list[Completion | None]] = [[None] * params.n for _ in conversations]
-        with torch.random.fork_rng(devices=self._cuda_devices(), enabled=params.seed is not None):
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            for batch in self._batches(rows, params.max_new_tokens):
-                for row, completion in zip(batch, self._generate_batch(batch, params)):
-                    results[row.conversation][row.sample] = completion
+        for batch in self._batches(rows, params.max_new_tokens):
+            for row, completion in zip(batch, self._generate_batch(batch, params)):
+                results[row.conversation][row.sample] = completion
         self._count(conversations, results, time.perf_counter() - started)
         return results
+
+    def close(self) -> None:
+        """Drop the model (and empty the CUDA cache when it was on a GPU); generating afterwards is an error."""
+        model, self.model = self.model, None
+        if model is None:
+            return
+        on_cuda = model.device.type == "cuda"
+        del model
+        if on_cuda:
+            import gc
+
+            import torch
+
+            gc.collect()  # the caller may still hold the model; what only we held goes now
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> HFGenerator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _model(self):
+        if self.model is None:
+            raise RuntimeError(f"the HF generator {self.name!r} is closed")
+        return self.model
 
     def _prompt_ids(self, index: int, conversation: Conversation, params: SamplingParams) -> list[int]:
         ids = list(
@@ -114,24 +155,28 @@ class HFGenerator:
         return (len(batch) + 1) * (longest + max_new_tokens) <= self.max_batch_tokens
 
     def _generate_batch(self, batch: list[_Row], params: SamplingParams) -> list[Completion]:
-        # Rows are sorted by prompt length and a prompt's samples are consecutive: each prompt is
-        # computed once for all of its samples in this batch.
+        # Rows are sorted by prompt length and rows with identical prompt ids (a conversation's samples,
+        # and conversations sent more than once) are consecutive: each distinct prompt is computed once
+        # for all of its rows in this batch.
         prompts: list[list[int]] = []
         copies: list[int] = []
         for i, row in enumerate(batch):
-            if i and row.conversation == batch[i - 1].conversation:
+            if i and row.prompt == batch[i - 1].prompt:
                 copies[-1] += 1
             else:
                 prompts.append(row.prompt_ids)
                 copies.append(1)
         sampling = Sampling(greedy=params.greedy, temperature=params.temperature, top_p=params.top_p)
         stop = StopStringCriteria(self.tokenizer, list(params.stop)) if params.stop else None
+        keys = [row.key for row in batch]
         generated = sample_batch(
-            self.model, prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop
+            self._model(), prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop,
+            row_keys=None if keys[0] is None else keys,
         )
-        return [self._completion(tokens, params) for tokens in generated]
+        prompt_ids = {row.prompt: tuple(row.prompt_ids) for row in batch}
+        return [self._completion(tokens, params, prompt_ids[row.prompt]) for row, tokens in zip(batch, generated)]
 
-    def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
+    def _completion(self, tokens: list[int], params: SamplingParams, prompt_ids: tuple[int, ...]) -> Completion:
         """Text of one generated row: cut at the end-of-turn token or the first stop string."""
         end = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
         if end is not None:
@@ -145,7 +190,9 @@ class HFGenerator:
             text = text[:cut]
             num_tokens = self._tokens_until_stop(tokens[:num_tokens], params.stop)
             finish_reason = "stop"
-        return Completion(text=text, num_tokens=num_tokens, finish_reason=finish_reason)
+        return Completion(
+            text=text, num_tokens=num_tokens, finish_reason=finish_reason, token_ids=tuple(tokens[:num_tokens]), prompt_ids=prompt_ids
+        )
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -160,10 +207,6 @@ class HFGenerator:
             else:
                 high = middle
         return high
-
-    def _cuda_devices(self) -> list:
-        device = self.model.device
-        return [device] if device.type == "cuda" else []
 
     def _count(self, conversations, results: list[list[Completion]], seconds: float) -> None:
         self.stats.calls += 1

@@ -4,6 +4,12 @@ Requests run in a bounded thread pool. Connection errors, timeouts, 429 and 5xx 
 with exponential backoff and jitter; when the retries or the total wait run out the call raises
 `BackendUnavailable` naming the server and the last error. Servers that ignore `n` (fewer choices
 than asked) get the missing samples as separate single-sample requests, from then on for every call.
+
+Seeds: request i sends `seed: seeds[i]` (its n samples are the server's business; vLLM gives them
+seeds[i], seeds[i]+1, ...). When the server ignores `n`, sample 0 keeps the seed seeds[i] and sample
+j >= 1 is asked for on its own with the seed `sample_seed(seeds[i], j)`, a hash of (seeds[i], j)
+below 2**31, so a sample keeps its seed whether or not the server's handling of `n` was already
+known. `send_seed=False` never sends a seed (vLLM's CPU build crashes serving seeded requests).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams
+from riselm.generation.base import SEED_LIMIT, Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
 from riselm.generation.errors import BackendUnavailable
 
 
@@ -29,12 +35,23 @@ class _Request:
     seed: int | None
 
 
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed sent for sample `sample` of a conversation seeded `seed` when samples go one per request.
+
+    Sample 0 keeps `seed`; the others get a hash of (seed, sample) below 2**31, so that neighbouring
+    seeds share no samples.
+    """
+    return seed if sample == 0 else stream_key(seed, sample) % SEED_LIMIT
+
+
 class OpenAIGenerator:
     """A model served behind /v1/chat/completions.
 
     api_key_env: the environment variable holding the key; local servers need none ("EMPTY" is sent).
     max_concurrency: requests in flight at once. max_retries: retries per request after the first try.
     timeout: seconds for one request. max_wait_s: the most seconds one request may spend backing off.
+    send_seed: send each conversation's seed with its requests (module docstring). False sends none,
+        for servers that fail on seeded requests (vLLM's CPU build); sampling is then unseeded.
     """
 
     def __init__(
@@ -48,6 +65,7 @@ class OpenAIGenerator:
         max_wait_s: float = 120.0,
         backoff_s: float = 1.0,
         name: str | None = None,
+        send_seed: bool = True,
     ):
         from openai import OpenAI
 
@@ -59,6 +77,7 @@ class OpenAIGenerator:
         self.max_retries = max_retries
         self.max_wait_s = max_wait_s
         self.backoff_s = backoff_s  # first backoff; doubles on each retry
+        self.send_seed = send_seed
         self.name = name or model
         self.stats = GenerationStats()
         # Retries are ours (bounded total wait, clear error), so the client's own are switched off.
@@ -66,15 +85,23 @@ class OpenAIGenerator:
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self._n_supported = True  # becomes False once the server returns fewer choices than `n`
         self._stats_lock = threading.Lock()
+        self._closed = False
 
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, conversations: Sequence[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        seeds = check_seeds(seeds, len(conversations))
+        if self._closed:
+            raise RuntimeError(f"the OpenAI-compatible generator {self.name!r} is closed")
+        if not self.send_seed:
+            seeds = None
         started = time.perf_counter()
         results: list[list[Completion]] = [[] for _ in conversations]
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             if self._n_supported or params.n == 1:
-                first = [_Request(i, params.n, params.seed) for i in range(len(conversations))]
+                first = [_Request(i, params.n, None if seeds is None else seeds[i]) for i in range(len(conversations))]
             else:
-                first = self._single_sample_requests(range(len(conversations)), params, have=0)
+                first = self._single_sample_requests(range(len(conversations)), params, seeds, have=0)
             self._run(pool, first, conversations, params, results)
             short = [i for i, completions in enumerate(results) if len(completions) < params.n]
             if short:  # the server ignored n: ask for each missing sample on its own
@@ -82,7 +109,7 @@ class OpenAIGenerator:
                 missing = [
                     request
                     for i in short
-                    for request in self._single_sample_requests([i], params, have=len(results[i]))
+                    for request in self._single_sample_requests([i], params, seeds, have=len(results[i]))
                 ]
                 self._run(pool, missing, conversations, params, results)
         with self._stats_lock:
@@ -92,11 +119,23 @@ class OpenAIGenerator:
             self.stats.seconds += time.perf_counter() - started
         return [completions[: params.n] for completions in results]
 
+    def close(self) -> None:
+        """Close the HTTP client's connections; generating afterwards is an error."""
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+    def __enter__(self) -> OpenAIGenerator:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     @staticmethod
-    def _single_sample_requests(conversations, params: SamplingParams, have: int) -> list[_Request]:
-        """One request per missing sample; seeds are offset so the samples differ yet stay reproducible."""
+    def _single_sample_requests(conversations, params: SamplingParams, seeds: list[int] | None, have: int) -> list[_Request]:
+        """One request per missing sample, sample j seeded with sample_seed(seeds[i], j)."""
         return [
-            _Request(i, 1, None if params.seed is None else params.seed + sample)
+            _Request(i, 1, None if seeds is None else sample_seed(seeds[i], sample))
             for i in conversations
             for sample in range(have, params.n)
         ]

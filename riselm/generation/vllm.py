@@ -19,9 +19,13 @@ caller can override (environment variables already set, or constructor arguments
   with a seed has its prefill split into chunks, which happens whenever a batch exceeds the token
   budget. Without chunking, per-request seeds work on CPU as on GPU.
 
-Seeds: with `params.seed`, conversation i of a call samples with its own seed derived from
-(seed, i), and vLLM gives the n samples of a request consecutive seeds. A conversation's samples
-therefore do not depend on the other conversations of the call, only on the seed and its position.
+Seeds: with `seeds`, request i (conversation i) carries seed seeds[i], and vLLM gives its n samples
+the seeds seeds[i], seeds[i]+1, ..., seeds[i]+n-1 (each sample its own generator). Sample j of a
+conversation therefore depends only on (seeds[i], j): not on the other conversations of the call,
+their order or how a run is chunked (up to floating-point differences in the logits between batch
+shapes). The same seeds sent to `vllm serve` through the openai backend sample the same way. With
+n > 1, consecutive seeds overlap (seed s's sample 1 is seed s+1's sample 0): give conversations
+seeds that are spread out, e.g. hashed.
 
 New checkpoints: `reload(path)` serves another model. A full model directory shuts the engine down,
 releases its memory and starts a fresh one (seconds on CPU for small models). A LoRA adapter directory
@@ -46,7 +50,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams
+from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds
 from riselm.generation.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)
@@ -66,7 +70,6 @@ CPU_ENVIRONMENT = {
 CPU_MAX_MODEL_LEN = 4096  # RISE conversations of 5 turns fit; longer contexts need more KV cache space
 CPU_BLOCK_SIZE = 32  # the prefix cache reuses whole blocks; vLLM's CPU default of 128 wastes most of a turn
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-_SEED_STRIDE = 1_000_003  # spreads (seed, conversation) pairs so that nearby seeds share no streams
 
 
 class VLLMNotInstalled(BackendUnavailable, ImportError):
@@ -103,7 +106,7 @@ class VLLMGenerator:
         or a LoRA adapter directory (served on `base_model`, else on the base its adapter_config names).
     dtype, enforce_eager, max_model_len: None picks the defaults for the hardware (module docstring).
     enable_lora / max_lora_rank: start the engine ready for adapters (turned on by an adapter model).
-    seed: the engine's own seed, used by requests without `params.seed`.
+    seed: the engine's own seed, used by unseeded requests (`seeds=None`).
     engine_options: any other `vllm.LLM` argument (max_num_seqs, quantization, enable_chunked_prefill, ...).
     """
 
@@ -163,7 +166,10 @@ class VLLMGenerator:
 
     # ---- the Generator interface ---------------------------------------------------------------
 
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, conversations: Sequence[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
+    ) -> list[list[Completion]]:
+        seeds = check_seeds(seeds, len(conversations))
         llm = self._engine()
         started = time.perf_counter()
         prompts = [self._prompt_ids(conversation) for conversation in conversations]
@@ -173,14 +179,15 @@ class VLLMGenerator:
         if len(runnable) < len(prompts):
             logger.warning("%d prompt(s) reach max_model_len=%d; they get empty completions", len(prompts) - len(runnable), self.max_model_len)
         requests = [{"prompt_token_ids": prompts[i]} for i in runnable]
-        sampling = [self._sampling_params(params, i) for i in runnable]
+        sampling = [self._sampling_params(params, None if seeds is None else seeds[i]) for i in runnable]
         try:
             outputs = llm.generate(requests, sampling, use_tqdm=False, lora_request=self._lora) if requests else []
         except Exception as error:
             self._engine_failed(error)
         results = [[Completion(text="", num_tokens=0, finish_reason="length")] * params.n for _ in conversations]
         for i, output in zip(runnable, outputs):
-            samples = [_completion(sample) for sample in sorted(output.outputs, key=lambda sample: sample.index)]
+            prompt_ids = tuple(prompts[i])
+            samples = [_completion(sample, prompt_ids) for sample in sorted(output.outputs, key=lambda sample: sample.index)]
             results[i] = samples * params.n if params.greedy else samples  # greedy: one sample stands for n
         generated = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
         self._count(len(conversations), results, generated, time.perf_counter() - started)
@@ -209,7 +216,9 @@ class VLLMGenerator:
         self._start(base, adapter=model_dir)
 
     def close(self) -> None:
-        """Shut the engine down and release its memory (weights, KV cache); `reload` starts a new one."""
+        """Shut the engine down and release its memory (weights, KV cache); `reload` starts a new one.
+
+        Safe to call twice; `generate` on a closed engine raises BackendUnavailable."""
         llm, self._llm, self._lora = self._llm, None, None
         if llm is not None:
             with contextlib.suppress(Exception):  # a dead engine may fail to shut down; its memory goes anyway
@@ -293,7 +302,7 @@ class VLLMGenerator:
         ids = self._tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
 
-    def _sampling_params(self, params: SamplingParams, conversation: int):
+    def _sampling_params(self, params: SamplingParams, seed: int | None):
         from vllm import SamplingParams as VLLMSamplingParams
 
         if params.n < 1 or params.max_new_tokens < 1:
@@ -301,11 +310,8 @@ class VLLMGenerator:
         options = dict(n=params.n, max_tokens=params.max_new_tokens, stop=list(params.stop) or None)
         if params.greedy:  # vLLM refuses n > 1 with greedy decoding; the n answers would be the same
             return VLLMSamplingParams(temperature=0.0, **{**options, "n": 1})
-        seed = None
-        if params.seed is not None:
-            self._check_seed_supported()
-            # Children of one request get seed, seed+1, ..., seed+n-1: space conversations n apart.
-            seed = (params.seed * _SEED_STRIDE + conversation * params.n) % 2**62
+        if seed is not None:
+            self._check_seed_supported()  # children of the request get seed, seed+1, ..., seed+n-1 from vLLM
         return VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, seed=seed, **options)
 
     def _check_seed_supported(self) -> None:
@@ -313,7 +319,7 @@ class VLLMGenerator:
         if not cuda_available() and scheduler.enable_chunked_prefill:
             raise ValueError(
                 "seeded sampling on CPU needs chunked prefill off (vLLM's CPU sampler crashes on seeded requests whose "
-                "prefill is chunked); leave enable_chunked_prefill unset, or sample with seed=None"
+                "prefill is chunked); leave enable_chunked_prefill unset, or sample with seeds=None"
             )
 
     def _count(self, prompts: int, results: list[list[Completion]], generated_tokens: int, seconds: float) -> None:
@@ -344,10 +350,13 @@ def engine_options(settings: dict, model_dir: Path, *, on_gpu: bool, lora_rank: 
     return options
 
 
-def _completion(sample) -> Completion:
+def _completion(sample, prompt_ids: tuple[int, ...]) -> Completion:
     """One vLLM CompletionOutput as a Completion (vLLM already cut the text at eos and stop strings)."""
     finish_reason = "length" if sample.finish_reason == "length" else "stop"
-    return Completion(text=sample.text, num_tokens=len(sample.token_ids), finish_reason=finish_reason)
+    token_ids = tuple(sample.token_ids)  # as sampled: the eos or stop-string token included
+    return Completion(
+        text=sample.text, num_tokens=len(token_ids), finish_reason=finish_reason, token_ids=token_ids, prompt_ids=prompt_ids
+    )
 
 
 def _resolve(model: str | os.PathLike) -> Path:

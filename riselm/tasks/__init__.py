@@ -8,16 +8,11 @@ from riselm.tasks.base import Problem, Score, Task
 def _registry() -> dict[str, type[Task]]:
     # Imported here so that `import riselm.tasks` stays cheap and a task module can import base.
     from riselm.tasks.arithmetic import ArithmeticTask
+    from riselm.tasks.code import CODE_TASKS
     from riselm.tasks.gsm8k import GSM8KTask
     from riselm.tasks.math import MathTask
 
-    tasks: dict[str, type[Task]] = {t.name: t for t in (GSM8KTask, MathTask, ArithmeticTask)}
-    try:
-        from riselm.tasks.code import CODE_TASKS
-    except ImportError:  # code tasks not built yet
-        CODE_TASKS = ()
-    tasks.update({t.name: t for t in CODE_TASKS})
-    return tasks
+    return {t.name: t for t in (GSM8KTask, MathTask, ArithmeticTask, *CODE_TASKS)}
 
 
 def task_names() -> list[str]:

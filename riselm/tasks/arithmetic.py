@@ -54,19 +54,25 @@ class ArithmeticTask(Task):
         operands: int = 2,
         ops: str = "+",
         seed: int = 0,
-        train_size: int = 10000,
-        test_size: int = 1000,
+        train_size: int | None = None,
+        test_size: int | None = None,
         **options,
     ):
-        """Problems with `operands` numbers of up to `digits` digits joined by operators drawn from `ops`."""
+        """Problems with `operands` numbers of up to `digits` digits joined by operators drawn from `ops`.
+
+        Split sizes default to 1,000 test and 10,000 train problems, or fewer when the difficulty
+        allows fewer distinct problems (a tenth of them for test, the rest for train).
+        """
         super().__init__(**options)
-        if digits < 1 or operands < 2 or train_size < 0 or test_size < 0:
+        if digits < 1 or operands < 2 or (train_size or 0) < 0 or (test_size or 0) < 0:
             raise ValueError("arithmetic needs digits >= 1, operands >= 2 and non-negative split sizes")
         if not ops or set(ops) - set("+-*"):
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {ops!r}")
         self.digits, self.operands, self.ops, self.seed = digits, operands, "".join(sorted(set(ops))), seed
-        self.sizes = {"train": train_size, "test": test_size}
         distinct = 10 ** (digits * operands) * len(self.ops) ** (operands - 1)
+        test_size = min(1000, distinct // 10) if test_size is None else test_size
+        train_size = min(10000, distinct - test_size) if train_size is None else train_size
+        self.sizes = {"train": train_size, "test": test_size}
         if train_size + test_size > distinct:
             raise ValueError(
                 f"digits={digits}, operands={operands}, ops={ops!r} give only {distinct} distinct problems; "

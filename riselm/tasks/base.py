@@ -10,7 +10,7 @@ import importlib.resources
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 from riselm.jsonl import DataError, read_json_or_jsonl
 
@@ -132,6 +132,13 @@ class Task(ABC):
         if pred is None:
             return Score(pred=None, reward=self.unparsable_reward)
         return Score(pred=pred, reward=1.0 if self.is_correct(pred, problem) else 0.0)
+
+    def score_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Score]:
+        """The Score of each (problem, response) pair, in order. Tasks that can score in parallel
+        (code tasks run programs concurrently) override this; the result must equal scoring one by one."""
+        if len(problems) != len(responses):
+            raise ValueError(f"score_many: {len(problems)} problems but {len(responses)} responses")
+        return [self.score(p, r) for p, r in zip(problems, responses)]
 
     def reward(self, problem: Problem, response: str) -> float:
         return self.score(problem, response).reward

@@ -1,24 +1,21 @@
-"""Training: rollouts -> weighted samples (`samples`), the weighted trainer (`trainer`), boost data (`boost`).
+"""Training: rollouts -> weighted samples (`samples`), samples -> token ids (`tokenize`), the weighted
+trainer (`trainer`), boost data (`boost`).
 
 The trainer names are imported on first use, so that building samples does not load transformers.
 """
 
 from __future__ import annotations
 
-from riselm.training.config import LoraSettings, TrainConfig
+from riselm.settings import LoraSettings, TrainSettings
 from riselm.training.boost import boost_samples, corrupt_numbers, wrong_attempts_from_episodes
 from riselm.training.samples import (
     TrainingSample,
-    WeightedCollator,
-    generation_prompt,
     load_training_samples,
     read_samples,
     reward_weight,
     samples_from_episodes,
-    tokenize_sample,
-    tokenize_samples,
-    write_samples,
 )
+from riselm.training.tokenize import WeightedCollator, tokenize_sample, tokenize_samples
 
 _TRAINER_NAMES = ("WeightedTrainer", "train_weighted", "train_from_file")
 
@@ -33,12 +30,11 @@ def __getattr__(name: str):
 
 __all__ = [
     "LoraSettings",
-    "TrainConfig",
+    "TrainSettings",
     "TrainingSample",
     "WeightedCollator",
     "boost_samples",
     "corrupt_numbers",
-    "generation_prompt",
     "load_training_samples",
     "read_samples",
     "reward_weight",
@@ -46,6 +42,5 @@ __all__ = [
     "tokenize_sample",
     "tokenize_samples",
     "wrong_attempts_from_episodes",
-    "write_samples",
     *_TRAINER_NAMES,
 ]

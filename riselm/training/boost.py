@@ -164,7 +164,7 @@ def wrong_attempts_from_episodes(
     wrong: dict[str, list[str]] = {}
     for episode in episodes:
         for turn in episode.turns:
-            if turn.reward < 1.0 and turn.response.strip():
+            if not turn.correct and turn.response.strip():
                 wrong.setdefault(episode.id, []).append(turn.response)
 
     def draw(problem: Problem, rng: random.Random) -> str | None:

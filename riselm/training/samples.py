@@ -1,15 +1,9 @@
-"""From rollouts to weighted training samples, and from samples to token ids.
+"""From rollouts to weighted training samples (spec §3): which turns are trained, and with what weight.
 
-RISE trains on every turn of every collected episode (spec §3): the sample of turn t is the
-conversation up to and including action t, only that last assistant message is trained on, and its
-loss is weighted by `exp(reward / tau)`, so wrong actions are kept with a small weight
-(reward-weighted regression) instead of being filtered out.
-
-Token ids come from the tokenizer's own chat template, the one collection and evaluation use
-(the reference code trained with a different template than it sampled with; spec §8). The trained
-span is located by rendering the conversation with a marker in place of the final response, so the
-method works for templates with or without a generation prompt, and the token ids are checked
-against the prompt the model is given at generation time.
+RISE trains on every turn of every collected episode: the sample of turn t is the conversation up to
+and including action t, only that last assistant message is trained on, and its loss is weighted by
+`exp(reward / tau)`, so wrong actions are kept with a small weight (reward-weighted regression)
+instead of being filtered out. Turning samples into token ids is riselm.training.tokenize.
 """
 
 from __future__ import annotations
@@ -19,20 +13,17 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Sequence
 
 from riselm.generation.base import Conversation
-from riselm.jsonl import DataError, iter_jsonl, write_jsonl
-from riselm.rollout.episode import Episode
+from riselm.jsonl import DataError, iter_jsonl
+from riselm.rollout.episode import Episode, read_episodes
+from riselm.settings import SamplesSettings
 
 logger = logging.getLogger(__name__)
 
-SampleFilter = Literal["all", "better", "best", "success"]
 FILTERS: tuple[str, ...] = ("all", "better", "best", "success")
-IGNORE_INDEX = -100  # label of a token that is not trained on (PyTorch cross-entropy's ignore_index)
-
-# Stands in for the final response when rendering, to find where the template puts it.
-_RESPONSE_MARKER = "\u2063RISELM-RESPONSE-MARKER\u2063"
+EPISODE_WINDOW = "episode"  # build each sample with the context window its episode was generated with
 
 
 @dataclass
@@ -61,9 +52,6 @@ class TrainingSample:
         )
 
 
-# ---- rollouts -> samples ----------------------------------------------------------------------
-
-
 def reward_weight(reward: float, tau: float = 0.4) -> float:
     """RISE's loss weight exp(r / tau): correct (1) ≈ 12.2, wrong (0) = 1, unparsable (-1) ≈ 0.08 at tau 0.4."""
     if tau <= 0:
@@ -71,7 +59,7 @@ def reward_weight(reward: float, tau: float = 0.4) -> float:
     return math.exp(reward / tau)
 
 
-def keep_turn(rewards: Sequence[float], t: int, filter: SampleFilter) -> bool:
+def keep_turn(rewards: Sequence[float], t: int, filter: str) -> bool:
     """Whether turn t (0-based) of an episode with these per-turn rewards passes `filter`.
 
     - all: every turn.
@@ -79,7 +67,7 @@ def keep_turn(rewards: Sequence[float], t: int, filter: SampleFilter) -> bool:
       kept only when its reward is positive (a correct first answer); a wrong first answer has
       improved on nothing.
     - best: r_t >= every earlier reward; the first turn always passes (it has no earlier turn).
-    - success: r_t >= 1 (the action is correct).
+    - success: the action is correct.
     """
     r = rewards[t]
     if filter == "all":
@@ -96,35 +84,36 @@ def keep_turn(rewards: Sequence[float], t: int, filter: SampleFilter) -> bool:
 
 def samples_from_episodes(
     episodes: Iterable[Episode],
-    tau: float = 0.4,
-    filter: SampleFilter = "all",
-    dedup: bool = True,
-    window: int | None = None,
+    settings: SamplesSettings = SamplesSettings(),
+    window: int | None | str = EPISODE_WINDOW,
 ) -> list[TrainingSample]:
     """One weighted sample per turn of every episode (spec §3), filtered and optionally de-duplicated.
 
-    `window` must be the context window the episodes were collected with (the question plus the last
-    window-1 attempts), so that each sample conditions on exactly what the model saw.
+    `window`: the context window of each sample (the question plus the last window-1 attempts), by
+    default the one each episode was generated with, so that a sample conditions on exactly what the
+    model saw; an int or None (the whole history) overrides it.
 
     De-duplication drops a sample whose whole conversation (prompt messages and response) equals an
     earlier one, e.g. identical greedy rollouts of one problem; the first one is kept.
     """
-    if filter not in FILTERS:
-        raise ValueError(f"unknown sample filter {filter!r}; known: {', '.join(FILTERS)}")
+    if settings.filter not in FILTERS:
+        raise ValueError(f"unknown sample filter {settings.filter!r}; known: {', '.join(FILTERS)}")
     samples: list[TrainingSample] = []
     seen: set[str] = set()
     for episode in episodes:
         rewards = [turn.reward for turn in episode.turns]
+        context_window = episode.window if window == EPISODE_WINDOW else window
         for t, turn in enumerate(episode.turns):
             if t > 0 and episode.turns[t - 1].feedback is None:
+                where = episode.origin or f"episode {episode.id!r} (sample {episode.sample})"
                 raise DataError(
-                    f"episode {episode.id!r} (sample {episode.sample}): turn {t} follows a turn without "
-                    "feedback; every turn but the last needs the user message that came after it"
+                    f"{where}: turn {t + 1} follows a turn without 'feedback'; every turn but the last needs "
+                    "the user message that came after it"
                 )
-            if not keep_turn(rewards, t, filter):
+            if not keep_turn(rewards, t, settings.filter):
                 continue
-            messages = episode.messages(upto=t, window=window) + [{"role": "assistant", "content": turn.response}]
-            if dedup:
+            messages = episode.messages(upto=t, window=context_window) + [{"role": "assistant", "content": turn.response}]
+            if settings.dedup:
                 key = json.dumps(messages, ensure_ascii=False)
                 if key in seen:
                     continue
@@ -133,19 +122,12 @@ def samples_from_episodes(
                 TrainingSample(
                     messages=messages,
                     reward=turn.reward,
-                    weight=reward_weight(turn.reward, tau),
+                    weight=reward_weight(turn.reward, settings.tau),
                     episode_id=episode.id,
                     turn=t,
                 )
             )
     return samples
-
-
-# ---- sample files -----------------------------------------------------------------------------
-
-
-def write_samples(path: str | Path, samples: Iterable[TrainingSample]) -> None:
-    write_jsonl(path, (s.to_dict() for s in samples))
 
 
 def read_samples(path: str | Path) -> list[TrainingSample]:
@@ -180,11 +162,12 @@ def _sample_row_problem(row: dict[str, Any]) -> str | None:
 
 
 def load_training_samples(
-    path: str | Path, tau: float = 0.4, filter: SampleFilter = "all", dedup: bool = True
+    path: str | Path, settings: SamplesSettings = SamplesSettings(), window: int | None | str = EPISODE_WINDOW
 ) -> list[TrainingSample]:
     """Samples from an episodes file (weighted and filtered here) or a samples file (used as written).
 
-    The kind is told by the first row: episodes have 'turns', samples have 'messages'.
+    The kind is told by the first row: episodes have 'turns', samples have 'messages'. With an
+    explicit `window` that differs from the one the episodes were generated with, a warning says so.
     """
     rows = iter_jsonl(path)
     first = next(rows, None)
@@ -192,268 +175,15 @@ def load_training_samples(
         raise DataError(f"{path}: no rows; expected episodes (with 'turns') or training samples (with 'messages')")
     lineno, row = first
     if "turns" in row:
-        return samples_from_episodes(_read_episodes(path), tau=tau, filter=filter, dedup=dedup)
+        episodes = read_episodes(path)
+        if window != EPISODE_WINDOW:
+            generated = sorted({str(e.window) for e in episodes if e.window != window})
+            if generated:
+                logger.warning(
+                    "%s: episodes were generated with context window %s; building samples with window %s as asked",
+                    path, " and ".join(generated), window,
+                )
+        return samples_from_episodes(episodes, settings, window)
     if "messages" in row:
         return read_samples(path)
     raise DataError(f"{path}:{lineno}: expected an episode (with 'turns') or a training sample (with 'messages')")
-
-
-def _read_episodes(path: str | Path) -> list[Episode]:
-    episodes = []
-    for lineno, row in iter_jsonl(path, required=("id", "task", "mode", "prompt", "turns")):
-        try:
-            episodes.append(Episode.from_dict(row))
-        except (TypeError, KeyError, ValueError) as e:
-            raise DataError(f"{path}:{lineno}: not a valid episode: {e}") from None
-    return episodes
-
-
-# ---- chat template -> token ids ---------------------------------------------------------------
-
-
-class TemplateError(ValueError):
-    """The chat template renders the conversation in a way the trained span cannot be located in."""
-
-
-@dataclass(frozen=True)
-class RenderedTurn:
-    context: str  # everything the model is conditioned on, up to and including the assistant header
-    response: str  # the final assistant message as the template renders it (trained)
-    end_of_turn: str  # template text closing the turn, up to its end-of-turn token (trained)
-
-
-def render_final_turn(tokenizer, messages: Conversation) -> RenderedTurn:
-    """Split the rendered conversation into context, final response and end-of-turn text.
-
-    Method: render the conversation once as it is and once with a marker in place of the final
-    response. The text before the marker is the context (including the assistant header, such as
-    "<|im_start|>assistant\\n" or "Assistant: "), the text after it is the closing template text.
-    This works also for templates that ignore `add_generation_prompt`: for them the prompt used at
-    generation time lacks the header, and the header stays in the (untrained) context.
-
-    The closing text is cut after its first special token (ChatML's "<|im_end|>", Llama-3's
-    "<|eot_id|>", "</s>"): what follows, like ChatML's newline, is not produced by the model before
-    it stops, so it is not trained. A template whose closing text holds no special token trains it
-    without its trailing whitespace.
-    """
-    if not messages or messages[-1].get("role") != "assistant":
-        raise ValueError("the last message must be the assistant message to train on")
-    full = _render(tokenizer, messages)
-    marked = _render(tokenizer, list(messages[:-1]) + [{"role": "assistant", "content": _RESPONSE_MARKER}])
-    if marked.count(_RESPONSE_MARKER) != 1:
-        raise TemplateError("the chat template does not render the final assistant message exactly once")
-    context, closing = marked.split(_RESPONSE_MARKER)
-    if not (full.startswith(context) and full.endswith(closing) and len(full) >= len(context) + len(closing)):
-        raise TemplateError(
-            "the chat template renders the text around the final assistant message differently depending on "
-            "its content; cannot locate the trained span"
-        )
-    prompt = _render(tokenizer, list(messages[:-1]), add_generation_prompt=True)
-    if not context.startswith(prompt):
-        raise TemplateError(
-            "template drift: the prompt rendered for generation is not a prefix of the rendered training "
-            f"conversation.\n  generation prompt ends: {prompt[-80:]!r}\n  training context ends:  {context[-80:]!r}"
-        )
-    response = full[len(context) : len(full) - len(closing)]
-    return RenderedTurn(context=context, response=response, end_of_turn=_end_of_turn(tokenizer, closing))
-
-
-def generation_prompt(tokenizer, messages: Conversation) -> str:
-    """The text a model should be given to write the next assistant message, consistent with training.
-
-    Equals `apply_chat_template(..., add_generation_prompt=True)` for templates with a generation
-    prompt; for templates without one it also holds the assistant header ("Assistant: ").
-    """
-    return render_final_turn(tokenizer, list(messages) + [{"role": "assistant", "content": ""}]).context
-
-
-def _render(tokenizer, messages: Conversation, add_generation_prompt: bool = False) -> str:
-    if tokenizer.chat_template is None:
-        raise TemplateError("the tokenizer has no chat template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def _special_tokens(tokenizer) -> set[str]:
-    specials = set(tokenizer.all_special_tokens)
-    specials.update(tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special)
-    return {s for s in specials if s}
-
-
-def _end_of_turn(tokenizer, closing: str) -> str:
-    hits = [(closing.find(s), s) for s in _special_tokens(tokenizer) if s in closing]
-    if not hits:
-        return closing.rstrip()
-    start, token = min(hits, key=lambda h: (h[0], -len(h[1])))
-    return closing[: start + len(token)]
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    # The rendered template already holds any bos token, as in apply_chat_template(tokenize=True).
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def tokenize_sample(tokenizer, messages: Conversation, max_length: int) -> dict[str, list[int]] | None:
-    """Token ids and labels of one sample: only the final response and its end-of-turn token are trained.
-
-    The context is tokenized on its own, as a generation backend tokenizes the prompt, and the
-    trained tokens are the rest of the tokenized conversation. When the tokenizer merges characters
-    across the context/response boundary (e.g. "Assistant: " + "Hi" -> " Hi"), the response is
-    tokenized on its own instead, and it must decode back to exactly the response text.
-
-    Truncation keeps the whole trained span and cuts the context from the left. A sample whose
-    trained span alone does not fit (with at least one context token) is dropped: None.
-    """
-    turn = render_final_turn(tokenizer, messages)
-    context_ids = _encode(tokenizer, turn.context)
-    full_ids = _encode(tokenizer, turn.context + turn.response + turn.end_of_turn)
-    if full_ids[: len(context_ids)] == context_ids:
-        target_ids = full_ids[len(context_ids) :]
-    else:
-        target_ids = _encode(tokenizer, turn.response + turn.end_of_turn)
-        decoded = tokenizer.decode(target_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if decoded != turn.response + turn.end_of_turn:
-            raise TemplateError(
-                "the tokenizer merges the assistant header with the response and the response does not "
-                f"tokenize on its own either (decodes to {decoded[:60]!r}…)"
-            )
-    if not context_ids:
-        raise TemplateError("the chat template renders nothing before the response; the first token cannot be trained")
-    if not target_ids:
-        raise TemplateError("the final assistant message renders to no tokens")
-    room = max_length - len(target_ids)  # tokens left for the context
-    if room < 1:
-        return None
-    context_ids = context_ids[-room:]
-    return {
-        "input_ids": context_ids + target_ids,
-        "labels": [IGNORE_INDEX] * len(context_ids) + target_ids,
-    }
-
-
-def tokenize_samples(
-    tokenizer, samples: Sequence[TrainingSample], max_length: int, share_prefixes: bool = False
-) -> list[dict[str, Any]]:
-    """Tokenized rows {input_ids, labels, owners, weights} for training; samples that cannot fit are dropped (logged).
-
-    A row normally holds one sample. With `share_prefixes`, the samples of one episode whose
-    conversations are prefixes of its longest one (the turns of a RISE rollout, the history turns of
-    a boost problem) share the longest one's row: each keeps its own trained span, weight and
-    per-sample mean, and since attention is causal its logits are exactly those of its own row, so
-    the loss is unchanged while the shared context is computed once instead of once per turn.
-    `owners` gives, for every token, the index (into `weights`) of the sample it trains.
-    """
-    rows: list[dict[str, Any]] = []
-    kept = 0
-    groups = _prefix_groups(samples) if share_prefixes else [[s] for s in samples]
-    for group in groups:
-        tokenized = [(s, tokenize_sample(tokenizer, s.messages, max_length)) for s in group]
-        tokenized = [(s, r) for s, r in tokenized if r is not None]
-        kept += len(tokenized)
-        while tokenized:
-            (longest, base), rest = tokenized[-1], tokenized[:-1]
-            row = {**base, "owners": [0] * len(base["input_ids"]), "weights": [float(longest.weight)]}
-            tokenized = []
-            for sample, r in rest:
-                if not _add_span(row, r, float(sample.weight)):
-                    tokenized.append((sample, r))  # truncated or tokenized differently: its own row
-            rows.append(row)
-    dropped = len(samples) - kept
-    if dropped:
-        logger.warning(
-            "dropped %d of %d samples whose response alone exceeds max_length=%d", dropped, len(samples), max_length
-        )
-    return rows
-
-
-def _prefix_groups(samples: Sequence[TrainingSample]) -> list[list[TrainingSample]]:
-    """Samples grouped by episode, shortest conversation first; only prefixes of the longest join a group."""
-    by_episode: dict[Any, list[TrainingSample]] = {}
-    for s in samples:
-        by_episode.setdefault(s.episode_id, []).append(s)
-    groups = []
-    for members in by_episode.values():
-        members = sorted(members, key=lambda s: len(s.messages))
-        longest = members[-1].messages
-        shared = [s for s in members if s.messages == longest[: len(s.messages)]]
-        groups.append(shared)
-        groups.extend([s] for s in members if not any(s is t for t in shared))
-    return groups
-
-
-def _add_span(row: dict[str, Any], sample_row: dict[str, list[int]], weight: float) -> bool:
-    """Mark a shorter sample's trained span inside `row` when its tokens are a prefix of the row's."""
-    n = len(sample_row["input_ids"])
-    if row["input_ids"][:n] != sample_row["input_ids"]:
-        return False
-    owner = len(row["weights"])
-    trained = [i for i, label in enumerate(sample_row["labels"]) if label != IGNORE_INDEX]
-    if any(row["labels"][i] != IGNORE_INDEX for i in trained):
-        return False  # the spans would overlap: never for distinct turns, but stay exact
-    for i in trained:
-        row["labels"][i] = sample_row["labels"][i]
-        row["owners"][i] = owner
-    row["weights"].append(weight)
-    return True
-
-
-# ---- batches ----------------------------------------------------------------------------------
-
-
-@dataclass
-class WeightedCollator:
-    """Batches tokenized rows, carrying each sample's weight and which sample every token belongs to.
-
-    Padded (pack=False): rows right-padded to the longest, with an attention mask.
-    Packed (pack=True): the batch's samples concatenated into one row without padding, with
-    position_ids restarting at 0 for each sample and no attention mask; transformers' attention
-    (sdpa, eager, flash) then keeps the samples apart. The first token of every sample is never a
-    label, so no prediction crosses a sample boundary.
-
-    Both give `sample_index` (the sample each trained token belongs to; a row may train several
-    samples, see `tokenize_samples(share_prefixes=True)`) and `sample_weights` (one per sample), from
-    which the trainer forms the per-sample loss.
-    """
-
-    pad_token_id: int
-    pack: bool = False
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        weights = torch.tensor([w for r in rows for w in r["weights"]], dtype=torch.float32)
-        offsets = [0]
-        for r in rows:
-            offsets.append(offsets[-1] + len(r["weights"]))
-        if self.pack:
-            input_ids, labels, positions, index = [], [], [], []
-            for i, r in enumerate(rows):
-                n = len(r["input_ids"])
-                input_ids += r["input_ids"]
-                labels += [IGNORE_INDEX] + list(r["labels"][1:])
-                positions += list(range(n))
-                index += [offsets[i] + o for o in r["owners"]]
-            return {
-                "input_ids": torch.tensor([input_ids]),
-                "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]),
-                "sample_index": torch.tensor([index]),
-                "sample_weights": weights,
-            }
-        width = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        index = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            input_ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            attention[i, :n] = 1
-            index[i, :n] = torch.tensor(r["owners"]) + offsets[i]
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": labels,
-            "sample_index": index,
-            "sample_weights": weights,
-        }

@@ -5,8 +5,8 @@ the sample's weight; the batch loss is the mean over samples. Weights are not no
 reference. With gradient accumulation (and several processes) the mean runs over every sample of the
 optimizer step, so micro-batch 4 × accumulation 16 gives the same update as one batch of 64.
 
-`train_weighted` is the one-call entry: model (or path), samples, output dir and a `TrainConfig`
-(riselm.training.config); it resumes from the last checkpoint in the output dir and saves the final model and
+`train_weighted` is the one-call entry: model (or path), samples, output dir and `TrainSettings`
+(riselm.settings); it resumes from the last checkpoint in the output dir and saves the final model and
 tokenizer to `output_dir/final`. Multi-GPU runs (DDP, FSDP, DeepSpeed ZeRO-3) go through
 `accelerate launch --config_file configs/accelerate/<name>.yaml`; nothing here changes for them.
 """
@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from riselm.training.config import TrainConfig
-from riselm.training.samples import (
-    IGNORE_INDEX,
-    SampleFilter,
-    TrainingSample,
-    WeightedCollator,
-    load_training_samples,
-    tokenize_samples,
-)
+from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
+from riselm.settings import SamplesSettings, TrainSettings
+from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
+from riselm.training.tokenize import IGNORE_INDEX, WeightedCollator, tokenize_samples
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +91,7 @@ def per_sample_mean_ce(
 # ---- one-call training ------------------------------------------------------------------------
 
 
-def training_arguments(config: TrainConfig, output_dir: str | Path, show_progress: bool = True) -> TrainingArguments:
+def training_arguments(config: TrainSettings, output_dir: str | Path, show_progress: bool = True) -> TrainingArguments:
     """transformers TrainingArguments for `config`."""
     bf16 = config.bf16 if config.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return TrainingArguments(
@@ -130,7 +126,7 @@ def train_weighted(
     model_or_path,
     samples: Sequence[TrainingSample],
     output_dir: str | Path,
-    config: TrainConfig | Any = None,
+    settings: TrainSettings = TrainSettings(),
     *,
     tokenizer=None,
     callbacks: list | None = None,
@@ -140,14 +136,13 @@ def train_weighted(
 
     `model_or_path`: a causal LM, or a directory / hub id, loaded in float32 after the training
     arguments exist so that DeepSpeed ZeRO-3 can shard it while loading. `tokenizer`: None loads
-    the model path's own. `config`: a TrainConfig, or a dict / pydantic model with its field names
-    (the run config's `train:` section). A checkpoint in `output_dir` is resumed from when
-    `config.resume` is set.
+    the model path's own. With `settings.resume`, training continues from the last complete
+    checkpoint in `output_dir` (one cut short by a kill or a full disk is ignored and removed).
+    `final/` appears only once it is whole: it is written under another name and renamed.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
 
-    config = TrainConfig.from_settings(config)
+    config = settings
     output_dir = Path(output_dir)
     args = training_arguments(config, output_dir, show_progress)
     if tokenizer is None:
@@ -164,7 +159,7 @@ def train_weighted(
 
     rows = tokenize_samples(tokenizer, samples, config.max_length, share_prefixes=config.share_prefixes)
     if not rows:
-        raise ValueError(f"no trainable samples (of {len(samples)}) fit max_length={config.max_length}")
+        raise ValueError(f"none of the {len(samples)} training samples fits max_length={config.max_length}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     trainer = WeightedTrainer(
         model=model,
@@ -172,37 +167,73 @@ def train_weighted(
         train_dataset=rows,
         data_collator=WeightedCollator(pad_token_id=pad_id, pack=config.packing),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[MarkCompleteCheckpoints(), *(callbacks or [])],
     )
-    checkpoint = get_last_checkpoint(str(output_dir)) if config.resume and output_dir.is_dir() else None
+    checkpoint = None
+    if config.resume and trainer.is_world_process_zero():
+        found = last_complete_checkpoint(output_dir)
+        checkpoint = str(found) if found else None
+    checkpoint = _broadcast(trainer, checkpoint)
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
 
     final = output_dir / "final"
-    _save_final(trainer, config, final)
+    partial = output_dir / "final.partial"
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(final)
+        shutil.rmtree(partial, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    _save_final(trainer, config, partial)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(partial)
         (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+        publish(partial, final)
+    trainer.accelerator.wait_for_everyone()
     return final
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Marks each checkpoint as complete after the Trainer has written all of it (model, optimizer,
+    scheduler, RNG states, trainer state): a checkpoint without the mark was cut short."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                mark_complete(checkpoint)
+
+
+def _broadcast(trainer: Trainer, value):
+    """The main process's `value` on every process (so all resume from the same checkpoint)."""
+    if trainer.accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def train_from_file(
     data: str | Path,
     model: str | Path,
     output_dir: str | Path,
-    config: TrainConfig | Any = None,
-    tau: float = 0.4,
-    filter: SampleFilter = "all",
-    dedup: bool = True,
+    settings: TrainSettings = TrainSettings(),
+    samples: SamplesSettings = SamplesSettings(),
+    window: int | None | str = EPISODE_WINDOW,
 ) -> Path:
-    """Train on an episodes file (weighted with `tau`, filtered by `filter`) or a samples file; `riselm train`."""
-    samples = load_training_samples(data, tau=tau, filter=filter, dedup=dedup)
-    logger.info("%d training samples from %s", len(samples), data)
-    return train_weighted(model, samples, output_dir, config)
+    """Train on an episodes file (weighted and filtered by `samples`) or a samples file; `riselm train`.
+
+    `window`: the context window of the samples built from episodes; by default each episode's own.
+    """
+    loaded = load_training_samples(data, samples, window)
+    if not loaded:
+        raise ValueError(f"{data}: no training samples are left after filter {samples.filter!r}")
+    logger.info("%d training samples from %s", len(loaded), data)
+    return train_weighted(model, loaded, output_dir, settings)
 
 
-def _with_lora(model, config: TrainConfig):
+def _with_lora(model, config: TrainSettings):
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -215,7 +246,7 @@ def _with_lora(model, config: TrainConfig):
     return get_peft_model(model, lora)
 
 
-def _save_final(trainer: Trainer, config: TrainConfig, final: Path) -> None:
+def _save_final(trainer: Trainer, config: TrainSettings, final: Path) -> None:
     """Save the trained model; LoRA runs save a merged model unless asked for the adapter alone."""
     merge = config.lora is not None and config.lora.merge
     if merge and (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):

@@ -117,6 +117,9 @@ def parse_number(text: str) -> float | None:
     Accepts thousands separators ("1,600"), currency ("$18", "\\$18"), percent ("75%" -> 75),
     trailing units or words ("18 dollars", "5 \\text{cm}"), a trailing period, negative numbers,
     simple fractions ("3/4") and `\\frac{a}{b}` / `\\dfrac{a}{b}`. Never raises.
+
+    Digits are Unicode decimal digits, as in Python's `int`: full-width "４２" and Arabic-Indic "٤٢"
+    are the number 42. They write the same value, so they score (and vote) as that value.
     """
     if not isinstance(text, str):
         return None

@@ -12,7 +12,9 @@ from riselm.generation.openai_compat import OpenAIGenerator
 
 
 def test_hf_backend_loads_the_model_and_ignores_http_options(tiny_model_dir):
-    generator = build_generator(str(tiny_model_dir), backend="hf", base_url=None, api_key_env="X", batch_size=3, device="cpu")
+    generator = build_generator(
+        str(tiny_model_dir), backend="hf", base_url=None, api_key_env="X", batch_size=3, send_seed=False, device="cpu"
+    )
     assert isinstance(generator, HFGenerator) and generator.batch_size == 3
 
 
@@ -20,6 +22,8 @@ def test_openai_backend_uses_the_url_and_model_name():
     generator = build_generator("served-model", backend="openai", base_url="http://127.0.0.1:9/v1", batch_size=8, max_concurrency=2)
     assert isinstance(generator, OpenAIGenerator)
     assert (generator.model, generator.base_url, generator.max_concurrency) == ("served-model", "http://127.0.0.1:9/v1", 2)
+    assert generator.send_seed is True
+    assert build_generator("m", backend="openai", base_url="http://127.0.0.1:9/v1", send_seed=False).send_seed is False
 
 
 def test_missing_vllm_backend_says_how_to_install(monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 
 from riselm.generation.base import SamplingParams
 from riselm.generation.errors import BackendUnavailable
-from riselm.generation.openai_compat import OpenAIGenerator
+from riselm.generation.openai_compat import OpenAIGenerator, sample_seed
 
 QUESTION = [{"role": "user", "content": "What is 1+1?"}]
 
@@ -92,29 +92,52 @@ def generator(url: str, **options) -> OpenAIGenerator:
 
 def test_n_samples_per_conversation_in_order_with_request_fields():
     conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
-    params = SamplingParams(n=2, temperature=0.7, top_p=0.9, max_new_tokens=33, seed=5, stop=("END",))
+    params = SamplingParams(n=2, temperature=0.7, top_p=0.9, max_new_tokens=33, stop=("END",))
     with FakeServer() as server:
         gen = generator(server.url)
-        results = gen.generate(conversations, params)
+        results = gen.generate(conversations, params, seeds=[5, 6, 7])
     assert [[c.text for c in completions] for completions in results] == [[f"q{i} #0", f"q{i} #1"] for i in range(3)]
-    request = server.requests[0]
+    assert all(c.token_ids is None for completions in results for c in completions)  # the server does not say
+    request = next(r for r in server.requests if r["messages"][-1]["content"] == "q0")
     assert (request["n"], request["temperature"], request["top_p"], request["max_tokens"], request["seed"], request["stop"]) == (
         2, 0.7, 0.9, 33, 5, ["END"]
     )
-    assert len(server.requests) == 3
+    assert sorted((r["messages"][-1]["content"], r["seed"]) for r in server.requests) == [("q0", 5), ("q1", 6), ("q2", 7)]
     assert gen.stats.generated_tokens == 18 and gen.stats.completions == 6
+
+
+def test_send_seed_false_sends_no_seed():
+    with FakeServer(honour_n=False) as server:
+        generator(server.url, send_seed=False).generate([QUESTION, QUESTION], SamplingParams(n=2), seeds=[1, 2])
+    assert len(server.requests) == 4 and all("seed" not in r for r in server.requests)
 
 
 def test_server_ignoring_n_gets_one_request_per_missing_sample():
     with FakeServer(honour_n=False) as server:
         gen = generator(server.url)
-        [samples] = gen.generate([QUESTION], SamplingParams(n=3, seed=10))
+        [samples] = gen.generate([QUESTION], SamplingParams(n=3), seeds=[10])
         assert len(samples) == 3
-        assert sorted(r["seed"] for r in server.requests[1:]) == [11, 12]  # distinct seeds for the extra samples
+        assert server.requests[0]["seed"] == 10  # the first request (n=3) carries the conversation's seed
+        # The extra samples come one by one with seeds derived from (seed, sample): not 11 and 12, which
+        # would be the seeds of the next conversation's samples.
+        derived = [sample_seed(10, 1), sample_seed(10, 2)]
+        assert sorted(r["seed"] for r in server.requests[1:]) == sorted(derived)
+        assert all(0 <= s < 2**31 for s in derived) and not {11, 12} & set(derived)
+        server.requests.clear()
+        gen.generate([QUESTION], SamplingParams(n=3), seeds=[10])
+        assert [r["n"] for r in server.requests] == [1, 1, 1]  # remembered: no more n>1 requests
+        assert sorted(r["seed"] for r in server.requests) == sorted([10, *derived])  # sample j keeps its seed
         server.requests.clear()
         gen.generate([QUESTION], SamplingParams(n=2))
-        assert [r["n"] for r in server.requests] == [1, 1]  # remembered: no more n>1 requests
         assert all("seed" not in r and "stop" not in r for r in server.requests)  # unset options are left out
+
+
+def test_close_can_be_called_twice():
+    gen = generator("http://127.0.0.1:1/v1")
+    gen.close()
+    gen.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        gen.generate([QUESTION], SamplingParams())
 
 
 def test_retries_after_429_and_500_then_succeeds():

@@ -122,7 +122,7 @@ def test_n_samples_per_prompt_go_through_one_request(engine, monkeypatch):
 
     monkeypatch.setattr(engine._llm, "generate", spy)
     before = engine.stats.completions
-    results = engine.generate(CONVERSATIONS, SamplingParams(n=4, temperature=1.0, max_new_tokens=12, seed=0))
+    results = engine.generate(CONVERSATIONS, SamplingParams(n=4, temperature=1.0, max_new_tokens=12), seeds=[0, 100, 200])
 
     assert sent == [(3, [4, 4, 4])]  # 3 requests of n=4, not 12 prompts
     assert [len(samples) for samples in results] == [4, 4, 4]
@@ -139,16 +139,47 @@ def test_greedy_with_n_returns_n_copies(engine):
 
 
 def test_seeded_sampling_is_reproducible(engine):
-    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=7)
-    first = engine.generate(CONVERSATIONS, params)
-    again = engine.generate(CONVERSATIONS, params)
-    other_seed = engine.generate(CONVERSATIONS, SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=8))
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12)
+    first = engine.generate(CONVERSATIONS, params, seeds=[7, 70, 700])
+    again = engine.generate(CONVERSATIONS, params, seeds=[7, 70, 700])
+    other_seed = engine.generate(CONVERSATIONS, params, seeds=[8, 80, 800])
 
     assert texts(first) == texts(again)
     assert texts(first) != texts(other_seed)
-    # Conversations get their own streams: two identical conversations in one call get different samples.
-    twins = engine.generate([CONVERSATIONS[0], CONVERSATIONS[0]], params)
+    # Two identical conversations with different seeds get different samples; with the same seed, the same.
+    twins = engine.generate([CONVERSATIONS[0], CONVERSATIONS[0]], params, seeds=[1, 1000])
     assert texts(twins)[0] != texts(twins)[1]
+    same = engine.generate([CONVERSATIONS[0], CONVERSATIONS[0]], params, seeds=[1, 1])
+    assert texts(same)[0] == texts(same)[1]
+
+
+def test_seeded_samples_do_not_depend_on_the_rest_of_the_call(engine):
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12)
+    seeds = [7, 70, 700]
+    together = engine.generate(CONVERSATIONS, params, seeds=seeds)
+    alone = [engine.generate([c], params, seeds=[s])[0] for c, s in zip(CONVERSATIONS, seeds)]
+    reversed_ = engine.generate(CONVERSATIONS[::-1], params, seeds=seeds[::-1])
+    crowd = [CONVERSATIONS[2], [{"role": "user", "content": "something else"}], CONVERSATIONS[0]]
+    crowded = engine.generate(crowd, params, seeds=[seeds[2], 5, seeds[0]])
+    fewer = engine.generate(CONVERSATIONS, SamplingParams(n=2, temperature=1.0, max_new_tokens=12), seeds=seeds)
+
+    assert texts(alone) == texts(together) == texts(reversed_[::-1])
+    assert texts(crowded)[0] == texts(together)[2] and texts(crowded)[2] == texts(together)[0]
+    assert texts(fewer) == [samples[:2] for samples in texts(together)]  # sample j stays sample j
+
+
+def test_token_ids_are_the_sampled_tokens(engine, char_tokenizer):
+    for samples in engine.generate(CONVERSATIONS, SamplingParams(n=2, temperature=1.0, max_new_tokens=12), seeds=[1, 2, 3]):
+        for completion in samples:
+            assert completion.token_ids is not None and len(completion.token_ids) == completion.num_tokens
+            assert char_tokenizer.decode(list(completion.token_ids), skip_special_tokens=True) == completion.text
+
+
+def test_close_can_be_called_twice(engine):
+    engine.close()
+    engine.close()  # the fixture starts the engine again afterwards
+    with pytest.raises(BackendUnavailable, match="closed"):
+        engine.generate(CONVERSATIONS, GREEDY)
 
 
 def test_stop_strings_cut_the_text(engine, checkpoints, char_tokenizer):

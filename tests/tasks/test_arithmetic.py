@@ -74,7 +74,11 @@ def test_small_spaces_are_enumerated_and_overfull_requests_refused():
     problems = task.load("train") + task.load("test")
     assert len({p.question for p in problems}) == 100  # every 1-digit sum exactly once
     with pytest.raises(ValueError, match="only 100 distinct problems"):
-        ArithmeticTask(digits=1)
+        ArithmeticTask(digits=1, train_size=100)
+    # without sizes, a small space is split a tenth for test, the rest for train
+    assert ArithmeticTask(digits=1).sizes == {"test": 10, "train": 90}
+    assert ArithmeticTask(digits=2).sizes == {"test": 1000, "train": 9000}
+    assert ArithmeticTask().sizes == {"test": 1000, "train": 10000}
     with pytest.raises(ValueError, match="subset"):
         ArithmeticTask(ops="/")
 

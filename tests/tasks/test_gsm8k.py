@@ -97,3 +97,12 @@ def test_user_file_with_a_bad_row_names_the_line(tmp_path):
     path.write_text(json.dumps(rows[0]) + "\n")
     [problem] = GSM8KTask().load(data=path)
     assert problem.answer == "2"
+
+
+def test_unicode_decimal_digits_are_the_number_they_write():
+    """Decided and documented (parse_number): full-width and Arabic-Indic digits write the same value."""
+    task = get_task("gsm8k")
+    problem = task.problem_from_row({"question": "q", "answer": "#### 42"}, "x")
+    for response in ("\\boxed{42}", "\\boxed{４２}", "\\boxed{٤٢}"):
+        assert task.score(problem, response).correct, response
+    assert task.same_answer("４２", "42") and not task.same_answer("４３", "42")

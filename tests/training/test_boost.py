@@ -7,30 +7,10 @@ import random
 import pytest
 
 from riselm.rollout.episode import Episode, Turn
-from riselm.tasks.base import Problem, Task
+from riselm.tasks.base import Problem
 from riselm.training.boost import boost_samples, corrupt_numbers, last_boxed_span, wrong_attempts_from_episodes
-from riselm.training.samples import IGNORE_INDEX, tokenize_sample
-
-
-class ToyTask(Task):
-    """Numeric answers in the last \\boxed{}; enough of a task to check boost data against."""
-
-    name = "toy"
-    splits = ("test",)
-    row_fields = ("question", "answer")
-
-    def problem_from_row(self, row, default_id):
-        return Problem(id=default_id, question=row["question"], answer=row["answer"])
-
-    def extract_answer(self, response):
-        span = last_boxed_span(response)
-        return response[span[0] : span[1]].strip() if span else None
-
-    def is_correct(self, pred, problem):
-        try:
-            return float(pred) == float(problem.answer)
-        except ValueError:
-            return pred == problem.answer
+from riselm.training.tokenize import IGNORE_INDEX, tokenize_sample
+from tests.toy import ToyTask
 
 
 PROBLEMS = [

@@ -10,8 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from riselm.models import build_tiny_model
 from riselm.rollout.episode import Episode, Turn
-from riselm.training.samples import TrainingSample, WeightedCollator, tokenize_samples
-from riselm.training.config import LoraSettings, TrainConfig
+from riselm.training.samples import TrainingSample
+from riselm.training.tokenize import WeightedCollator, tokenize_samples
+from riselm.settings import LoraSettings, RunSettings, TrainSettings
 from riselm.training.trainer import WeightedTrainer, train_from_file, train_weighted, training_arguments
 
 
@@ -44,13 +45,13 @@ def make_samples() -> list[TrainingSample]:
     ]
 
 
-def config(**overrides) -> TrainConfig:
+def config(**overrides) -> TrainSettings:
     """Plain SGD with a constant rate, no clipping and no decay: the update is -lr × gradient."""
     base = dict(
         optimizer="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0,
         max_grad_norm=0.0, batch_size=4, grad_accum=1, gradient_checkpointing=False, logging_steps=1,
     )
-    return TrainConfig(**{**base, **overrides})
+    return TrainSettings(**{**base, **overrides})
 
 
 def make_trainer(model, tmp_path, tok):
@@ -199,7 +200,33 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, char_tokeni
     resumed = make_model(tok)  # fresh weights: the checkpoint must supply the trained ones
     train_weighted(resumed, samples, run, cfg, tokenizer=tok, callbacks=[counter])
     assert counter.steps == 2  # steps 3 and 4 only
-    assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
+    for a, b in zip(params(resumed), params(straight)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_cut_short_is_skipped_and_a_half_written_final_never_counts(tmp_path, char_tokenizer):
+    from riselm.checkpoints import COMPLETE_MARK
+
+    tok = char_tokenizer
+    samples = make_samples() * 2
+    cfg = config(optimizer="adamw_torch", learning_rate=1e-2, batch_size=2, save_steps=2)
+    straight = make_model(tok)
+    train_weighted(straight, samples, tmp_path / "straight", cfg, tokenizer=tok)
+
+    run = tmp_path / "interrupted"
+    train_weighted(make_model(tok), samples, run, cfg, tokenizer=tok, callbacks=[StopAt(2)])
+    assert (run / "checkpoint-2" / COMPLETE_MARK).exists()
+    # a later save killed half way (or out of disk): a checkpoint without its mark and trainer state,
+    # and a final model that never got renamed into place
+    broken = run / "checkpoint-3"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"torn")
+    (run / "final").rename(run / "final.partial")
+    counter = CountSteps()
+    resumed = make_model(tok)
+    final = train_weighted(resumed, samples, run, cfg, tokenizer=tok, callbacks=[counter])
+    assert counter.steps == 2 and not broken.exists()  # resumed from step 2; the torn checkpoint is gone
+    assert final == run / "final" and not (run / "final.partial").exists()
     for a, b in zip(params(resumed), params(straight)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -241,15 +268,13 @@ def test_train_from_episodes_file_with_a_model_path(tmp_path, char_tokenizer, ti
 
 def test_config_checks_and_run_config_sections():
     with pytest.raises(ValueError, match="learnin_rate"):
-        TrainConfig(learnin_rate=1e-5)
-    args = training_arguments(TrainConfig(), "/tmp/unused")
+        TrainSettings(learnin_rate=1e-5)
+    args = training_arguments(TrainSettings(), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate) == (8, 8, 1e-5)
     assert args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    # a run config's train: section, as YAML gives it, is a TrainConfig
-    from riselm.config import RunConfig
-
+    # a run config's train: section, as YAML gives it, is TrainSettings
     section = {"learning_rate": 2e-5, "grad_accum": 2, "lora": {"r": 4, "alpha": 8}, "packing": True}
-    for cfg in (RunConfig.model_validate({"train": section}).train, TrainConfig.from_settings(section)):
+    for cfg in (RunSettings.model_validate({"train": section}).train, TrainSettings.model_validate(section)):
         assert (cfg.learning_rate, cfg.grad_accum, cfg.lora.r, cfg.lora.merge, cfg.packing) == (2e-5, 2, 4, True, True)
     with pytest.raises(ValueError, match="rank"):
-        TrainConfig.from_settings({"lora": {"rank": 4}})
+        TrainSettings.model_validate({"lora": {"rank": 4}})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import textwrap
 import time
 from dataclasses import replace
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from riselm.verify import sandbox
-from riselm.verify.sandbox import Limits, SandboxError, isolation, network_isolation, run_program, run_programs
+from riselm.verify.sandbox import Limits, SandboxError, caller, child, isolation, run_program, run_programs
 
 FAST = Limits(cpu_seconds=2, wall_seconds=10)
 
@@ -50,7 +53,7 @@ def test_failing_assert_is_failed_and_names_the_line():
     )
     assert result.status == "failed"
     assert "AssertionError at line 4: assert add(2, 3) == 5" in result.reason
-    assert "Traceback" in result.output and "sandbox.py" not in result.output  # the runner's frame is hidden
+    assert "Traceback" in result.output and Path(child.__file__).name not in result.output  # the runner's frame is hidden
 
 
 @pytest.mark.parametrize(
@@ -329,9 +332,8 @@ def test_no_network_connection_reaches_the_host():
             server.accept()  # nothing ever connected
 
 
-def test_network_isolation_is_reported():
-    assert network_isolation() in ("netns", "socket-guard")
-    assert network_isolation() == isolation().network
+def test_isolation_is_reported():
+    assert isolation().network in ("netns", "socket-guard")
     assert isolation().filesystem in ("read-only", "permissions")
     assert isolation().processes in ("pidns", "process-group")
 
@@ -363,14 +365,14 @@ def test_fallback_isolation_still_contains_the_basics(monkeypatch):
 
 
 def test_runs_fall_back_with_a_warning_where_namespaces_fail(monkeypatch):
-    real_run = sandbox._run
+    real_run = caller.run
 
     def namespaces_broken(source, limits):
         if limits.use_namespaces:
             raise SandboxError("sandbox setup failed: OSError: unshare: Operation not permitted")
         return real_run(source, limits)
 
-    monkeypatch.setattr(sandbox, "_run", namespaces_broken)
+    monkeypatch.setattr(caller, "run", namespaces_broken)
     sandbox._namespaces_work.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="using the fallback isolation"):
@@ -378,6 +380,26 @@ def test_runs_fall_back_with_a_warning_where_namespaces_fail(monkeypatch):
         assert result.passed and result.isolation.network == "socket-guard"
     finally:
         sandbox._namespaces_work.cache_clear()
+
+
+# ---- the child-side script ------------------------------------------------------------------------
+
+
+def test_the_child_script_imports_only_the_standard_library():
+    # It runs as a stand-alone file under `python -I -S`: riselm (or any installed package) is not there.
+    source = Path(child.__file__).read_text(encoding="utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a relative import cannot work in a script"
+            imported.add(node.module.split(".")[0])
+    assert imported and imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+    # and it loads as the child's interpreter loads it: isolated, without site-packages
+    check = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='child'); print('ok')"
+    loaded = subprocess.run([sys.executable, "-I", "-S", "-c", check, child.__file__], capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "ok", loaded.stderr
 
 
 # ---- the pool -------------------------------------------------------------------------------------

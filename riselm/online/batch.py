@@ -1,0 +1,96 @@
+"""From rolled-out episodes to training rows: one row per sampled action, with its exact token ids.
+
+Tokens in, tokens out: a row is the prompt ids the backend conditioned on when it sampled the action
+(the chat rendered for that turn, recorded by the rollout) followed by the action's ids exactly as
+sampled. Nothing is re-rendered or re-tokenized, so the ids trained on are the ids sampled whatever
+the chat template does (a template that trims or rewrites earlier messages drifts when a
+conversation is rendered again; tests/online/test_tokens.py). Only the action ids are trained.
+
+Credit: the chosen actions of the G episodes of a problem get per-turn advantages from
+riselm.online.credit (leave-one-out over the other episodes that reached the turn). A turn that
+sampled n > 1 candidates from one state credits each candidate by its own shaped reward against the
+mean of the other candidates of that state: they share the state exactly, so this baseline is the
+best one can have, and every candidate, not only the chosen one, is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from riselm.online.credit import shaped_rewards, turn_advantages
+from riselm.rollout.episode import Episode
+from riselm.settings import CreditSettings
+
+
+class OnlineError(RuntimeError):
+    """An online run cannot go on (a NaN loss, nothing to train on); the message names the step."""
+
+
+@dataclass(frozen=True)
+class ActionRow:
+    prompt_ids: tuple[int, ...]  # what the policy was conditioned on when it sampled the action
+    action_ids: tuple[int, ...]  # the action exactly as sampled (end-of-turn token included)
+    advantage: float  # the action's credit
+    turn: int  # 0-based turn index in its episode
+
+
+def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings) -> list[ActionRow]:
+    """Every sampled action of the episodes (grouped by problem) with its advantage."""
+    advantages = turn_advantages([[[t.reward for t in e.turns] for e in episodes] for episodes in groups], credit)
+    rows: list[ActionRow] = []
+    for episodes, problem_advantages in zip(groups, advantages):
+        for episode, episode_advantages in zip(episodes, problem_advantages):
+            for t, (turn, advantage) in enumerate(zip(episode.turns, episode_advantages)):
+                if turn.prompt_ids is None or not turn.candidates or turn.candidates[0].token_ids is None:
+                    raise OnlineError(
+                        f"episode {episode.id!r}: turn {t + 1} has no token ids; online training needs a backend "
+                        "that returns the sampled ids (hf or vllm)"
+                    )
+                if len(turn.candidates) == 1:
+                    rows.append(ActionRow(turn.prompt_ids, turn.candidates[0].token_ids, advantage, t))
+                else:
+                    previous = episode.turns[t - 1].reward if t else None
+                    values = [_shaped(c.reward, previous, credit) for c in turn.candidates]
+                    for j, candidate in enumerate(turn.candidates):
+                        peers = values[:j] + values[j + 1 :]
+                        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, values[j] - sum(peers) / len(peers), t))
+    return rows
+
+
+def _shaped(reward: float, previous: float | None, credit: CreditSettings) -> float:
+    """The shaped reward of an action taken after an action of reward `previous` (None: the first turn)."""
+    return shaped_rewards([reward] if previous is None else [previous, reward], credit)[-1]
+
+
+@dataclass
+class RowBatch:
+    """Right-padded rows as tensors (B rows of length L)."""
+
+    input_ids: torch.Tensor  # [B, L] prompt + action ids, padded
+    attention_mask: torch.Tensor  # [B, L] 1 on real tokens
+    action_mask: torch.Tensor  # [B, L] True on the action's tokens (the trained ones)
+    turn_ids: torch.Tensor  # [B, L] the row's index on action tokens, -1 elsewhere
+    advantages: torch.Tensor  # [B] one advantage per row
+
+    @property
+    def action_tokens(self) -> int:
+        return int(self.action_mask.sum())
+
+
+def collate(rows: Sequence[ActionRow], pad_id: int, device: torch.device | str = "cpu") -> RowBatch:
+    width = max(len(r.prompt_ids) + len(r.action_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    action = torch.zeros((len(rows), width), dtype=torch.bool)
+    turn_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        p, a = len(row.prompt_ids), len(row.action_ids)
+        input_ids[i, : p + a] = torch.tensor(row.prompt_ids + row.action_ids)
+        attention[i, : p + a] = 1
+        action[i, p : p + a] = True
+        turn_ids[i, p : p + a] = i
+    advantages = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
+    return RowBatch(input_ids.to(device), attention.to(device), action.to(device), turn_ids.to(device), advantages.to(device))

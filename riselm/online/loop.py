@@ -1,0 +1,198 @@
+"""`method: online`: after the optional boost, steps of roll out -> credit -> update on the live policy.
+
+Each step takes the next `problems_per_step` training problems (a fresh permutation per pass over
+them, fixed by the run seed), rolls out `episodes_per_problem` episodes of each with the one rollout
+engine (the same multi-turn loop as evaluation), credits every turn (riselm.online.batch) and updates
+the policy (riselm.online.update). Every `eval_every` steps and at the end the live model is
+evaluated exactly as every other stage.
+
+Generation: with the hf backend it happens in this process with the live weights (nothing is saved
+or reloaded between steps). With vllm, the engine is handed the new weights every `sync_every`
+steps by saving them and restarting it (`VLLMGenerator.reload`), and the run says so: vLLM's
+in-place weight reload returned wrong tokens on CPU (riselm.generation.vllm).
+
+Faults: every `save_every` steps a checkpoint holds the model, the optimizer, the schedule, the
+random states and the step; a killed run resumes from the last complete one and ends with the same
+result as an uninterrupted one (the problems and seeds of a step depend only on the run seed and the
+step). A NaN loss or a batch with nothing to train on stops the run with the step's number.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
+from riselm.evaluation.evaluate import evaluate
+from riselm.online.batch import action_rows
+from riselm.online.monitor import Monitor, rollout_stats
+from riselm.online.update import PolicyUpdater
+from riselm.rollout.engine import RolloutSpec, Step, conversation_seed, rollout
+from riselm.rollout.episode import Episode
+from riselm.tasks.base import Problem
+
+logger = logging.getLogger(__name__)
+
+KEEP_CHECKPOINTS = 2
+
+
+def step_problems(problems: Sequence[Problem], step: int, size: int, seed: int) -> list[Problem]:
+    """The problems of a 0-based step: consecutive slices of one seeded permutation per pass over the data."""
+    chosen = []
+    for index in range(step * size, (step + 1) * size):
+        epoch, position = divmod(index, len(problems))
+        order = list(range(len(problems)))
+        random.Random(f"{seed}:online:{epoch}").shuffle(order)
+        chosen.append(problems[order[position]])
+    return chosen
+
+
+def step_spec(run, step: int) -> RolloutSpec:
+    s = run.settings.online
+    return RolloutSpec(
+        mode="online", turns=s.turns, stop_when_correct=s.stop_when_correct,
+        episodes_per_problem=s.episodes_per_problem, window=s.window, sampling=s.sampling,
+        seed=conversation_seed(run.settings.seed, "online-step", 0, step), chunk_size=s.problems_per_step,
+        keep_candidates=True,
+    )
+
+
+def group_by_problem(episodes: Sequence[Episode]) -> list[list[Episode]]:
+    groups: dict[str, list[Episode]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.id, []).append(episode)
+    return list(groups.values())
+
+
+def online_stage(run, start_model: str, stage_dir: Path) -> str:
+    """Train `start_model` online into `stage_dir`; returns the final model's directory.
+
+    The live policy is evaluated into `stage_dir/eval-step{N}` every `eval_every` steps; the final
+    model is evaluated by the caller like every other stage's.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from riselm.models import resolve_model_dir
+
+    s = run.settings.online
+    final = stage_dir / "final"
+    if final.exists():
+        return str(final)
+    start_dir = resolve_model_dir(start_model)
+    model = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    updater = PolicyUpdater(model, s, pad_id, temperature=s.sampling.temperature)
+    done = _resume(stage_dir, model, updater)
+    generator = _policy_generator(run, model, tokenizer, stage_dir)
+    monitor = Monitor(stage_dir, s.report_to, done, run.show_progress, s.steps)
+    schedule = [Step(generator, n, source="learner") for n in s.candidates]
+    try:
+        for step in range(done, s.steps):
+            number = step + 1
+            timings: dict[str, float] = {}
+            start = time.perf_counter()
+            problems = step_problems(run.train_problems, step, s.problems_per_step, run.settings.seed)
+            tokens_before = generator.stats.generated_tokens
+            episodes = rollout(run.task, problems, schedule, step_spec(run, step), show_progress=False, timings=timings)
+            rows = action_rows(group_by_problem(episodes), s.credit)
+            update_start = time.perf_counter()
+            stats = updater.step(rows, number)
+            timings["update"] = time.perf_counter() - update_start
+            generated = generator.stats.generated_tokens - tokens_before
+            row = {**rollout_stats(episodes, s.turns), **stats, "actions": len(rows)}
+            row.update({f"{k}_s": round(v, 3) for k, v in timings.items()}, step_s=round(time.perf_counter() - start, 3))
+            row["tokens_per_s"] = generated / timings["generate"] if timings.get("generate") else 0.0
+            monitor.log(number, row)
+            if number % s.sync_every == 0 and hasattr(generator, "reload"):
+                _sync(generator, model, tokenizer, stage_dir)
+            if number % s.save_every == 0 and number < s.steps:
+                _save(stage_dir, number, model, tokenizer, updater)
+            if s.eval_every and number % s.eval_every == 0 and number < s.steps:
+                evaluate(
+                    run.task, generator, stage_dir / f"eval-step{number}", run.settings.eval, problems=run.eval_problems,
+                    seed=run.settings.seed, show_progress=False, title=f"online@{number}: {run.task.name}",
+                )
+        partial = stage_dir / "final.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        publish(partial, final)
+    finally:
+        monitor.close()
+        generator.close()
+    for checkpoint in stage_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return str(final)
+
+
+def _policy_generator(run, model, tokenizer, stage_dir: Path):
+    """The live policy on the hf backend, or a vLLM engine synced every `sync_every` steps."""
+    learner = run.settings.learner
+    if learner.backend == "hf":
+        from riselm.generation.hf import HFGenerator
+
+        logger.info("online: generation uses the live weights (hf backend, in this process)")
+        return HFGenerator(model, tokenizer, batch_size=learner.batch_size, name="policy")
+    if learner.backend == "vllm":
+        from riselm.pipeline import build
+
+        logger.warning(
+            "online: the vLLM engine takes new weights by a restart every %d steps (online.sync_every); "
+            "vLLM's in-place weight reload is not used (it returned wrong tokens on CPU)",
+            run.settings.online.sync_every,
+        )
+        path = _sync_dir(stage_dir)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return build(learner, str(path))
+    raise ValueError(f"method online needs learner.backend hf or vllm (the sampled token ids), got {learner.backend!r}")
+
+
+def _sync_dir(stage_dir: Path) -> Path:
+    return stage_dir / "sync"
+
+
+def _sync(generator, model, tokenizer, stage_dir: Path) -> None:
+    path = _sync_dir(stage_dir)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    generator.reload(path)
+
+
+def _save(stage_dir: Path, step: int, model, tokenizer, updater: PolicyUpdater) -> None:
+    """A complete, resumable checkpoint of `step`; older ones beyond the last KEEP_CHECKPOINTS go."""
+    path = stage_dir / f"checkpoint-{step}"
+    shutil.rmtree(path, ignore_errors=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    state = {"step": step, **updater.state_dict(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    torch.save(state, path / "online_state.pt")
+    mark_complete(path)
+    complete = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in complete[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume(stage_dir: Path, model, updater: PolicyUpdater) -> int:
+    """Load the last complete checkpoint into `model` and `updater`; returns its step (0: none)."""
+    path = last_complete_checkpoint(stage_dir)
+    if path is None:
+        return 0
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.load_state_dict(saved.state_dict())
+    del saved
+    state = torch.load(path / "online_state.pt", weights_only=False)
+    updater.load_state_dict(state)
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    logger.info("online: resuming after step %d from %s", state["step"], path)
+    return int(state["step"])

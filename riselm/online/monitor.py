@@ -1,0 +1,115 @@
+"""Watching an online run: per-step metrics to the console, `metrics.jsonl`, TensorBoard and a plot.
+
+Per step: the reward and accuracy of each turn (over the episodes that reached it), the rates of
+wrong→right and right→wrong transitions (of the turns following a wrong, resp. right, turn), the
+share of actions with no final answer (a policy collapsing stops answering), the KL to the starting
+model, the entropy of the sampled tokens, the loss, and where the time went (generation, scoring,
+update) with generated tokens per second.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from riselm.jsonl import JsonlAppender, iter_jsonl, write_jsonl
+from riselm.rollout.episode import Episode
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def rollout_stats(episodes: Sequence[Episode], turns: int) -> dict[str, float]:
+    """Reward and accuracy per turn, transition rates and the no-answer share of a step's episodes."""
+    stats: dict[str, float] = {}
+    for t in range(turns):
+        reached = [e.turns[t] for e in episodes if len(e.turns) > t]
+        if reached:
+            stats[f"reward@t{t + 1}"] = sum(turn.reward for turn in reached) / len(reached)
+            stats[f"acc@t{t + 1}"] = 100.0 * sum(turn.correct for turn in reached) / len(reached)
+    pairs = [(e.turns[t - 1].correct, e.turns[t].correct) for e in episodes for t in range(1, len(e.turns))]
+    from_wrong = [b for a, b in pairs if not a]
+    from_right = [b for a, b in pairs if a]
+    stats["wrong->right"] = 100.0 * sum(from_wrong) / len(from_wrong) if from_wrong else 0.0
+    stats["right->wrong"] = 100.0 * sum(not b for b in from_right) / len(from_right) if from_right else 0.0
+    actions = [turn for e in episodes for turn in e.turns]
+    stats["no_answer"] = 100.0 * sum(turn.pred is None for turn in actions) / len(actions) if actions else 0.0
+    stats["episodes"] = float(len(episodes))
+    return stats
+
+
+class Monitor:
+    """Writes one row of metrics per step; resumes by keeping the rows of the steps already done."""
+
+    def __init__(self, stage_dir: Path, report_to: Sequence[str], done_steps: int, show_progress: bool, total_steps: int):
+        self.stage_dir = stage_dir
+        self.path = stage_dir / METRICS_FILE
+        kept = [row for _, row in iter_jsonl(self.path) if row["step"] <= done_steps] if self.path.exists() else []
+        write_jsonl(self.path, kept)  # steps after the checkpoint are redone, so their rows go
+        self.rows: list[dict[str, Any]] = kept
+        self._sink = JsonlAppender(self.path)
+        self._writer = None
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(stage_dir / "tensorboard"))
+        self._bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=done_steps, desc="online", unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        row = {"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}}
+        self.rows.append(row)
+        self._sink.write(row)
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._writer.add_scalar(key.replace("@", "_at_").replace("->", "_to_"), value, step)
+        if self._bar is not None:
+            self._bar.update(1)
+            shown = {k: row[k] for k in ("acc@t1", "kl", "no_answer") if k in row}
+            last = max((k for k in row if k.startswith("acc@t")), key=lambda k: int(k[5:]), default=None)
+            if last:
+                shown[last] = row[last]
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+
+    def close(self) -> None:
+        self._sink.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._bar is not None:
+            self._bar.close()
+        plot_curves(self.rows, self.stage_dir / "curves.png")
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Accuracy of each turn against the step, with the no-answer share, into `path`."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in rows]
+    turns = sorted({int(k[5:]) for row in rows for k in row if k.startswith("acc@t")})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for t in turns:
+        ax.plot(steps, [row.get(f"acc@t{t}") for row in rows], label=f"turn {t}", linewidth=1)
+    ax.plot(steps, [row.get("no_answer") for row in rows], "k:", label="no answer", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("% of the step's episodes")
+    ax.set_title("online RL: accuracy of each turn during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def read_metrics(stage_dir: Path) -> list[dict[str, Any]]:
+    path = stage_dir / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

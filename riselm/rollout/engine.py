@@ -1,0 +1,204 @@
+"""The one multi-turn rollout loop. Collection, evaluation and online RL are calls of `rollout`.
+
+An episode is one multi-turn attempt at one problem: the task's prompt, then turn after turn an
+action (one whole response) from the turn's improver, scored by the task, followed by the task's
+retry message while the episode goes on. What differs between the callers is only arguments:
+
+    RISE collection       1 episode a problem, up to K turns, stop at the first correct action,
+                          the learner at turn 1 and best-of-N (learner or expert) after a wrong turn
+    sequential evaluation 1 episode a problem, always K turns (the retry follows right answers too)
+    parallel evaluation   k episodes a problem, 1 turn each (mk@t1, pass@k)
+    online RL             G episodes a problem, K turns, either stopping rule
+
+Seeds (`conversation_seed`): the conversation of episode `sample` of a problem at turn `turn` is
+seeded from (run seed, problem id, sample, turn), and a backend draws its n candidates from streams
+fixed by that seed and the candidate's index. No seed depends on a position in a batch or a chunk,
+so a resumed, re-chunked or sharded run generates the same episodes as one uninterrupted run (up
+to floating-point differences between batch shapes). Sample 0 of a parallel evaluation therefore
+shares its seed with turn 1 of the sequential one: given the same model they are the same response.
+
+Episodes are appended to `out_path` as each chunk of problems finishes; a killed rollout resumes
+with finished (problem, sample) pairs skipped, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from riselm.generation.base import Completion, Generator
+from riselm.jsonl import JsonlAppender
+from riselm.progress import progress_bar
+from riselm.rollout.degenerate import is_degenerate
+from riselm.rollout.episode import Candidate, Episode, Turn, finished_keys, read_episodes
+from riselm.settings import SamplingSettings
+from riselm.tasks.base import Problem, Score, Task
+
+
+@dataclass(frozen=True)
+class Step:
+    """Who proposes the action at one turn."""
+
+    generator: Generator  # the model sampled
+    n: int = 1  # candidates sampled; the best by reward becomes the action (first on ties)
+    source: str | None = None  # the name recorded on turns (defaults to the generator's name)
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What distinguishes one kind of rollout from another (see the module docstring)."""
+
+    mode: str  # recorded on every episode: "collect", "sequential", "parallel", "online"
+    turns: int  # the most actions per episode
+    stop_when_correct: bool  # end an episode at its first correct action (else always run `turns`)
+    episodes_per_problem: int = 1  # independent episodes per problem
+    window: int | None = None  # context window: the question plus the last window-1 attempts (None: all)
+    sampling: SamplingSettings = SamplingSettings()
+    seed: int = 0  # the run seed
+    chunk_size: int = 256  # problems rolled out (and saved) together
+    drop_degenerate: bool = False  # never choose a junk candidate; an episode whose candidates are all junk ends
+    system: str | None = None  # an optional system message before the prompt
+    keep_candidates: bool = False  # keep every candidate and the token ids on the turns, in memory (online RL)
+
+    def __post_init__(self):
+        if self.turns < 1 or self.episodes_per_problem < 1 or self.chunk_size < 1:
+            raise ValueError(f"turns, episodes_per_problem and chunk_size must be at least 1: {self}")
+
+
+def conversation_seed(seed: int, problem_id: str, sample: int, turn: int) -> int:
+    """The seed of one conversation: a hash of (run seed, problem id, episode sample, 0-based turn), below 2**31."""
+    digest = hashlib.blake2b(f"{seed}\x1f{problem_id}\x1f{sample}\x1f{turn}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**31
+
+
+def step_for_turn(schedule: Sequence[Step], turn: int) -> Step:
+    """The schedule entry of a 0-based turn; the last entry serves every later turn."""
+    return schedule[min(turn, len(schedule) - 1)]
+
+
+def choose_best(candidates: Sequence[Completion], scores: Sequence[Score], drop_degenerate: bool) -> int | None:
+    """Index of the highest-reward candidate (first on ties), skipping junk when asked; None if none is left."""
+    best = None
+    for i, (completion, score) in enumerate(zip(candidates, scores)):
+        if drop_degenerate and is_degenerate(completion.text):
+            continue
+        if best is None or score.reward > scores[best].reward:
+            best = i
+    return best
+
+
+def rollout(
+    task: Task,
+    problems: Sequence[Problem],
+    schedule: Sequence[Step],
+    spec: RolloutSpec,
+    out_path: str | Path | None = None,
+    show_progress: bool = True,
+    timings: dict[str, float] | None = None,
+) -> list[Episode]:
+    """Roll out `spec.episodes_per_problem` episodes of every problem; returns them, problem by problem.
+
+    With `out_path`, episodes already in the file are kept (not redone) and new ones are appended
+    chunk by chunk; the result then holds the file's episodes of `problems`. `timings`, when given,
+    gets the seconds spent generating ("generate") and scoring ("score") added to it.
+    """
+    if not schedule:
+        raise ValueError("the improver schedule is empty: give at least the learner for turn 1")
+    done = finished_keys(out_path) if out_path is not None else set()
+    todo = [
+        [(p, s) for s in range(spec.episodes_per_problem) if (p.id, s) not in done] for p in problems
+    ]
+    todo = [pairs for pairs in todo if pairs]
+    made: list[Episode] = []
+    sink = JsonlAppender(out_path) if out_path is not None else None
+    try:
+        with progress_bar(sum(map(len, todo)), spec.mode, show_progress) as bar:
+            for start in range(0, len(todo), spec.chunk_size):
+                chunk = [pair for pairs in todo[start : start + spec.chunk_size] for pair in pairs]
+                episodes = _rollout_chunk(task, schedule, spec, chunk, timings if timings is not None else {})
+                for episode in episodes:
+                    if sink is not None:
+                        sink.write(episode.to_dict())
+                made.extend(episodes)
+                bar.update(len(chunk))
+    finally:
+        if sink is not None:
+            sink.close()
+    if out_path is None:
+        return made
+    wanted = {(p.id, s) for p in problems for s in range(spec.episodes_per_problem)}
+    order = {p.id: i for i, p in enumerate(problems)}
+    kept = [e for e in read_episodes(out_path) if e.key in wanted]
+    return sorted(kept, key=lambda e: (order[e.id], e.sample))
+
+
+def _rollout_chunk(
+    task: Task, schedule: Sequence[Step], spec: RolloutSpec, chunk: Sequence[tuple[Problem, int]], timings: dict[str, float]
+) -> list[Episode]:
+    sampling = spec.sampling.model_dump()
+    episodes = [
+        Episode(
+            id=p.id, task=task.name, mode=spec.mode, prompt=task.prompt(p), sample=s, system=spec.system,
+            answer=p.answer, window=spec.window, sampling=sampling, seed=spec.seed,
+        )
+        for p, s in chunk
+    ]
+    active = list(range(len(chunk)))  # episodes still going
+    for turn in range(spec.turns):
+        if not active:
+            break
+        step = step_for_turn(schedule, turn)
+        conversations = [episodes[i].messages(window=spec.window) for i in active]
+        seeds = [conversation_seed(spec.seed, episodes[i].id, episodes[i].sample, turn) for i in active]
+        with _timed(timings, "generate"):
+            candidates = step.generator.generate(conversations, spec.sampling.params(step.n), seeds=seeds)
+        flat_problems = [chunk[i][0] for i, cands in zip(active, candidates) for _ in cands]
+        with _timed(timings, "score"):
+            flat_scores = task.score_many(flat_problems, [c.text for cands in candidates for c in cands])
+        still_active, offset = [], 0
+        for i, cands in zip(active, candidates):
+            scores = flat_scores[offset : offset + len(cands)]
+            offset += len(cands)
+            best = choose_best(cands, scores, spec.drop_degenerate)
+            if best is None:
+                continue  # every candidate was junk: the episode ends after its last kept action
+            chosen, score = cands[best], scores[best]
+            last = turn + 1 == spec.turns or (spec.stop_when_correct and score.correct)
+            episodes[i].turns.append(
+                Turn(
+                    response=chosen.text,
+                    pred=score.pred,
+                    reward=score.reward,
+                    feedback=None if last else task.retry_message(chunk[i][0], score),
+                    source=step.source or step.generator.name,
+                    num_candidates=len(cands),
+                    num_tokens=chosen.num_tokens,
+                    truncated=chosen.finish_reason == "length",
+                    prompt_ids=chosen.prompt_ids if spec.keep_candidates else None,
+                    candidates=_candidates(cands, scores) if spec.keep_candidates else None,
+                )
+            )
+            if not last:
+                still_active.append(i)
+        active = still_active
+    for e in episodes:  # an episode cut short by junk candidates ends after its last kept action
+        if e.turns:
+            e.turns[-1].feedback = None
+    return episodes  # empty ones too, so that a resumed rollout does not redo them
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+
+
+def _candidates(completions: Sequence[Completion], scores: Sequence[Score]) -> list[Candidate]:
+    return [Candidate(c.text, s.reward, s.pred, c.token_ids) for c, s in zip(completions, scores)]

@@ -1,0 +1,251 @@
+"""Every setting of riselm, one pydantic model per stage, all named `*Settings`.
+
+The sections of a run config (`riselm run CONFIG.yaml`) are these models, the library functions take
+them (`collect(..., CollectSettings())`, `evaluate(..., EvalSettings())`, `train_weighted(..., TrainSettings())`)
+and the CLI takes its defaults from them, so a default lives in exactly one place. Every model forbids
+unknown keys (a typo is an error naming the key) and checks its numbers once, here.
+
+Seeds are not settings of a stage: a run has one seed (`RunSettings.seed`, `--seed`), and every
+sampled conversation is seeded from it with the problem's id, the episode's sample index and the
+turn (riselm.rollout.engine.conversation_seed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from riselm.generation.base import SamplingParams
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplingSettings(_Settings):
+    """How responses are sampled (shared by collection, evaluation and online rollouts)."""
+
+    temperature: float = Field(1.0, ge=0)  # the paper samples at 1.0; 0 is greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+
+    def params(self, n: int = 1) -> SamplingParams:
+        """The backend's per-call parameters for `n` samples per conversation."""
+        return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+
+
+class TaskSettings(_Settings):
+    name: str = "gsm8k"  # a task of `riselm tasks`
+    options: dict[str, Any] = {}  # task constructor options (e.g. unparsable_reward: -1, digits: 3)
+    train_split: str = "train"  # problems for boosting and collection
+    train_data: str | None = None  # your own JSON/JSONL file (or hub id) instead of the shipped train split
+    train_limit: int | None = Field(None, ge=1)  # only the first N training problems
+    eval_split: str | None = None  # default: the task's test split
+    eval_data: str | None = None
+    eval_limit: int | None = Field(None, ge=1)
+
+
+class GeneratorSettings(_Settings):
+    """A generation backend for a model (the learner, or an expert improver)."""
+
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    model: str | None = None  # model spec; for the learner it is set by the pipeline to the current checkpoint
+    base_url: str | None = None  # backend openai: the server's URL
+    api_key_env: str = "OPENAI_API_KEY"  # backend openai: the variable holding the key
+    batch_size: int = Field(32, ge=1)  # backend hf: sequences generated together
+    options: dict[str, Any] = {}  # more backend options (e.g. tensor_parallel_size for vllm, send_seed for openai)
+
+
+class ScheduleStep(_Settings):
+    model: str = "learner"  # "learner" or the name of an expert
+    n: int = Field(1, ge=1)  # candidates; the best by reward is kept
+
+
+class CollectSettings(_Settings):
+    """RISE data collection (spec section 2): on-policy turn 1, best-of-N improvements after wrong turns."""
+
+    limit: int | None = Field(None, ge=1)  # roll out only the first N training problems each iteration (default: all)
+    max_turns: int = Field(5, ge=1)  # the most actions per episode; an episode stops at its first correct one
+    window: int | None = Field(None, ge=1)  # context window in attempts: the question plus the last window-1 (None: all)
+    schedule: list[ScheduleStep] = Field(
+        default_factory=lambda: [ScheduleStep(model="learner", n=1), ScheduleStep(model="learner", n=16)],
+        min_length=1,
+    )  # per-turn improver; the last entry serves every later turn
+    sampling: SamplingSettings = SamplingSettings()
+    chunk_size: int = Field(256, ge=1)  # problems rolled out (and saved) together
+
+
+class SamplesSettings(_Settings):
+    """From collected episodes to weighted training samples (spec section 3)."""
+
+    tau: float = Field(0.4, gt=0)  # weight = exp(reward / tau)
+    filter: Literal["all", "better", "best", "success"] = "all"
+    dedup: bool = True
+
+
+class LoraSettings(_Settings):
+    r: int = Field(16, ge=1)  # adapter rank
+    alpha: int = Field(32, ge=1)  # adapter scaling numerator (scale = alpha / r)
+    dropout: float = Field(0.05, ge=0, lt=1)  # dropout on the adapter input
+    target_modules: list[str] | str = "all-linear"  # module names to adapt, or "all-linear"
+    merge: bool = True  # save final/ as a merged full model (False: the adapter alone)
+
+
+class TrainSettings(_Settings):
+    """Reward-weighted fine-tuning (the `train:` and `boost.train:` sections)."""
+
+    # -- optimisation
+    learning_rate: float = Field(1e-5, gt=0)  # paper: 1e-5
+    lr_scheduler: str = "cosine"  # paper: cosine decay
+    warmup_ratio: float = Field(0.04, ge=0, lt=1)  # paper: the first 4% of the steps warm up linearly
+    weight_decay: float = Field(0.0, ge=0)  # paper: 0
+    epochs: float = Field(1.0, gt=0)  # passes over the samples (the paper does not state it)
+    max_steps: int = Field(-1, ge=-1)  # stop after this many optimizer steps (-1: run all epochs)
+    optimizer: str = "adamw_torch"  # a transformers optimizer name ("adamw_torch", "sgd", …)
+    max_grad_norm: float = Field(1.0, ge=0)  # gradient clipping (0 turns it off)
+    # -- batches: effective batch = batch_size × grad_accum × processes (paper: 64)
+    batch_size: int = Field(8, ge=1)  # samples per process per forward pass
+    grad_accum: int = Field(8, ge=1)  # micro-batches accumulated per optimizer step
+    max_length: int = Field(2048, ge=2)  # tokens per sample; longer contexts are cut from the left (paper: 2048)
+    packing: bool = False  # one padding-free row per micro-batch; pays with flash_attention_2 (slower with sdpa)
+    share_prefixes: bool = True  # all turns of an episode in one row: same loss, shared context computed once
+    # -- precision and memory
+    bf16: bool | None = None  # bf16 mixed precision; None: on when the GPU supports it (never on CPU)
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory (paper: on, for 7B)
+    attn_implementation: str | None = "sdpa"  # "sdpa", "eager", "flash_attention_2"; None: transformers' choice
+    lora: LoraSettings | None = None  # train LoRA adapters instead of all weights (paper: full fine-tuning)
+    # -- bookkeeping
+    seed: int = 0  # data order, dropout, new weights
+    logging_steps: int = Field(10, ge=1)  # log loss and learning rate every this many steps
+    report_to: list[str] | str = []  # "tensorboard", "wandb"; empty: no logging service
+    save_steps: int = Field(500, ge=1)  # write a resumable checkpoint every this many steps
+    save_total_limit: int | None = Field(2, ge=1)  # keep at most this many checkpoints
+    resume: bool = True  # continue from the last complete checkpoint found in the output dir
+
+
+class BoostSettings(_Settings):
+    """Supervised fine-tuning on gold solutions before the first iteration (spec section 4)."""
+
+    enabled: bool = False
+    history_turns: int = Field(0, ge=0)  # prepend up to this many wrong attempts (+ retry message) before the gold solution
+    every_depth: bool = True  # one sample per number of attempts 0..history_turns (False: one, drawn at random)
+    limit: int | None = Field(None, ge=1)  # gold solutions used (default: all training problems)
+    train: TrainSettings = TrainSettings()
+
+
+class EvalSettings(_Settings):
+    """Multi-turn evaluation (spec section 5): K sequential turns and k parallel first turns."""
+
+    turns: int = Field(5, ge=1)  # sequential turns K; the retry message follows every turn, right or wrong
+    parallel_samples: int = Field(5, ge=0)  # k independent first turns per problem, for mk@t1 (0: none)
+    window: int | None = Field(None, ge=1)  # context window: the question plus the last window-1 attempts
+    sampling: SamplingSettings = SamplingSettings()
+    chunk_size: int = Field(256, ge=1)  # problems generated (and saved) together
+    system: str | None = None  # an optional system message before the prompt
+    base: bool = False  # run config only: also evaluate the starting model
+
+
+class CreditSettings(_Settings):
+    """How per-turn rewards become per-turn advantages (see the module docstring for the formulas)."""
+
+    # "return_to_go": credit a turn with the (discounted) shaped rewards of itself and every later turn
+    # of its episode; "reward": with its own shaped reward only.
+    returns: Literal["reward", "return_to_go"] = "return_to_go"
+    # γ of the return-to-go; 1 keeps the policy gradient of the undiscounted sum of rewards.
+    discount: float = Field(1.0, ge=0.0, le=1.0)
+    # α of SCoRe's shaping r'_t = r_t + α·(r_t − r_{t−1}) for t > 1: rewards improving over the last turn.
+    improvement_bonus: float = Field(0.0, ge=0.0)
+    # β subtracted from r'_t when turn t−1 was correct and turn t is not (a right answer made wrong).
+    regression_penalty: float = Field(0.0, ge=0.0)
+    # A reward at or above this counts as correct for the regression penalty (tasks give 1 for correct).
+    correct_threshold: float = 1.0
+    # "leave_one_out": subtract the mean return at the same turn of the problem's other episodes that
+    # reached it (unbiased); "none": the raw return (REINFORCE).
+    baseline: Literal["leave_one_out", "none"] = "leave_one_out"
+    # Divide by the std of those peers' returns (at least 2 peers); re-weights problems, see above.
+    scale_by_std: bool = False
+    # Peers' std at or below eps counts as zero: no scaling, rather than dividing by almost nothing.
+    eps: float = Field(1e-6, ge=0.0)
+
+
+class OnlineSettings(_Settings):
+    """Online multi-turn RL (`method: online`): roll out with the live policy, credit every turn, update.
+
+    Each step takes `problems_per_step` training problems, rolls out `episodes_per_problem` episodes
+    of each (the retry message after every turn, `turns` turns, or until the first correct one), gives
+    every turn an advantage (`credit`; a turn that sampled n > 1 candidates credits them against each
+    other, as they share one state) and updates the policy on each turn's action tokens only.
+    """
+
+    steps: int = Field(100, ge=1)  # optimizer updates of the policy (times updates_per_batch)
+    problems_per_step: int = Field(32, ge=1)  # B: training problems rolled out per step
+    episodes_per_problem: int = Field(4, ge=1)  # G: independent episodes per problem (each other's baseline)
+    turns: int = Field(5, ge=1)  # K: the most actions per episode
+    stop_when_correct: bool = False  # end an episode at its first correct turn (RISE collection) or run all K
+    window: int | None = Field(None, ge=1)  # context window: the question plus the last window-1 attempts
+    candidates: list[int] = Field(default_factory=lambda: [1], min_length=1)  # samples per turn; the last repeats
+    sampling: SamplingSettings = SamplingSettings()
+    credit: CreditSettings = CreditSettings()
+    # -- objective
+    objective: Literal["pg", "awr"] = "pg"  # clipped policy gradient, or advantage-weighted regression exp(A/tau)
+    clip_eps: float = Field(0.2, gt=0)  # pg: the ratio is clipped to [1-eps, 1+eps]
+    kl_coef: float = Field(0.0, ge=0)  # KL penalty to the model the online stage starts from
+    monitor_kl: bool = True  # report that KL every step even when kl_coef is 0 (one more forward pass per batch)
+    awr_tau: float = Field(0.4, gt=0)  # awr: weight exp(A / tau)
+    awr_max_weight: float | None = Field(20.0, gt=0)  # awr: weights are clamped to this
+    reduction: Literal["token_mean", "turn_mean"] = "token_mean"  # how token losses are averaged (pg)
+    # -- optimisation
+    learning_rate: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up, then a constant rate
+    updates_per_batch: int = Field(1, ge=1)  # optimizer passes over each batch (>1: ratios against the sampler)
+    micro_batch: int = Field(64, ge=1)  # turns per forward/backward pass (gradients accumulate over the batch)
+    # -- bookkeeping
+    eval_every: int = Field(0, ge=0)  # evaluate every this many steps (0: only at the end)
+    save_every: int = Field(10, ge=1)  # write a resumable checkpoint every this many steps
+    report_to: list[Literal["tensorboard"]] = []  # also log each step's metrics there
+    sync_every: int = Field(1, ge=1)  # vllm backend: hand the engine new weights every this many steps
+
+
+class RunSettings(_Settings):
+    """A whole `riselm run`: boost -> iteration 1 -> iteration 2 ..."""
+
+    out: str = "runs/rise"  # the run directory; running again resumes there
+    method: Literal["rise", "online"] = "rise"  # offline RISE iterations, or online multi-turn RL after the boost
+    task: TaskSettings = TaskSettings()
+    model: str = "smollm2"  # the starting learner (local dir, hub id, .gguf, or a named model)
+    train_model: str | None = None  # weak-to-strong: train this model on data collected by `model`
+    learner: GeneratorSettings = GeneratorSettings()  # how the learner generates
+    experts: dict[str, GeneratorSettings] = {}  # improvers other than the learner, by name
+    boost: BoostSettings = BoostSettings()
+    iterations: int = Field(2, ge=0)
+    init_from: Literal["previous", "base"] = "previous"  # each iteration trains from the last model or the base
+    aggregate: bool = False  # train each iteration on the data of all iterations so far
+    collect: CollectSettings = CollectSettings()
+    samples: SamplesSettings = SamplesSettings()
+    train: TrainSettings = TrainSettings()
+    eval: EvalSettings = EvalSettings()
+    online: OnlineSettings = OnlineSettings()  # method: online
+    seed: int = Field(0, ge=0)  # the run seed: every sampled conversation, the boost data and the demo model
+    threads: int | None = Field(None, ge=1)  # torch CPU threads, at most the usable CPUs (None: torch's default)
+
+    @model_validator(mode="after")
+    def _improvers_known(self) -> "RunSettings":
+        for step in self.collect.schedule:
+            if step.model != "learner" and step.model not in self.experts:
+                known = ", ".join(["learner", *self.experts])
+                raise ValueError(f"collect.schedule names model {step.model!r}, which is not defined; known: {known}")
+        for name, expert in self.experts.items():
+            if expert.model is None:
+                raise ValueError(f"experts.{name}.model is required")
+            if expert.backend == "openai" and not expert.base_url:
+                raise ValueError(f"experts.{name}: backend openai needs base_url")
+        return self
+
+
+def default(settings: type[BaseModel], field: str) -> Any:
+    """The default of a settings field (the CLI takes its option defaults from here)."""
+    info = settings.model_fields[field]
+    return info.get_default(call_default_factory=True)

@@ -1,0 +1,70 @@
+"""Tokens in, tokens out: online training rows hold exactly the ids the policy conditioned on and sampled."""
+
+import pytest
+import torch
+
+from riselm.generation.hf import HFGenerator
+from riselm.models import build_char_tokenizer, build_tiny_model
+from riselm.online.batch import action_rows, collate
+from riselm.rollout.engine import RolloutSpec, Step, rollout
+from riselm.settings import CreditSettings, SamplingSettings
+from tests.toy import ToyTask, toy_problems
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def chatml():
+    return build_char_tokenizer()
+
+
+def llama3():
+    tok = build_char_tokenizer(chat_template=LLAMA3_TEMPLATE)
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    return tok
+
+
+@pytest.mark.parametrize("make_tokenizer", [chatml, llama3], ids=["chatml", "llama3"])
+def test_rows_are_the_prompt_ids_and_the_sampled_ids(make_tokenizer):
+    tok = make_tokenizer()
+    model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
+    generator = HFGenerator(model, tok, batch_size=8)
+    spec = RolloutSpec(mode="online", turns=3, stop_when_correct=False, episodes_per_problem=2, keep_candidates=True,
+                       sampling=SamplingSettings(temperature=0, max_new_tokens=12), seed=1)
+    episodes = rollout(ToyTask(), toy_problems(2), [Step(generator), Step(generator, n=2)], spec, show_progress=False)
+    rows = action_rows([episodes[:2], episodes[2:]], CreditSettings())
+    assert len(rows) == 2 * 2 * (1 + 2 + 2)  # per episode: turn 1 alone, turns 2 and 3 with two candidates
+    for episode in episodes:
+        for t, turn in enumerate(episode.turns):
+            # the prompt is the chat rendered for that turn, as the backend tokenized it for sampling
+            expected = tok.apply_chat_template(episode.messages(upto=t), add_generation_prompt=True, tokenize=True, return_dict=False)
+            assert list(turn.prompt_ids) == list(expected)
+            for candidate in turn.candidates:
+                assert tok.decode(candidate.token_ids, skip_special_tokens=True) == candidate.response
+    batch = collate(rows, pad_id=tok.pad_token_id)
+    for i, row in enumerate(rows):
+        ids = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
+        assert ids == list(row.prompt_ids + row.action_ids)
+        assert batch.input_ids[i][batch.action_mask[i]].tolist() == list(row.action_ids)
+    # greedy sampling: teacher-forced on its row, the model's argmax at every action position is the
+    # token it sampled there, so the row holds exactly the context the action was sampled in
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    predicted = logits[:, :-1].argmax(-1)
+    targets = batch.input_ids[:, 1:]
+    trained = batch.action_mask[:, 1:]
+    assert torch.equal(predicted[trained], targets[trained])
+
+
+def test_rendering_the_chat_again_would_not_give_the_sampled_ids():
+    """Why rows are not rebuilt from text: Llama-3's template trims messages, so a sampled answer with
+    trailing whitespace re-renders as other tokens than those sampled (and the next turn's prompt too)."""
+    tok = llama3()
+    sampled = "The answer is 4.  "
+    conversation = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": sampled}]
+    rendered = tok.apply_chat_template(conversation, tokenize=False)
+    assert sampled not in rendered and sampled.strip() in rendered
