@@ -35,12 +35,13 @@ def _fail(message: str) -> None:
 def _run(fn, *args, **kwargs):
     """Call a library function; turn user errors (bad data or options, unreachable models, a full or
     read-only disk) into one clean line and exit code 2."""
+    from riselm.distributed import WorkerFailed
     from riselm.generation.errors import BackendUnavailable
     from riselm.jsonl import DataError
 
     try:
         return fn(*args, **kwargs)
-    except (DataError, BackendUnavailable, ValueError) as e:
+    except (DataError, BackendUnavailable, ValueError, WorkerFailed) as e:
         _fail(str(e))
     except OSError as e:  # FileNotFoundError, PermissionError, a full disk, a path under a regular file
         where = f"{e.filename}: " if e.filename else ""
@@ -130,6 +131,7 @@ def eval_command(
     turns: int = typer.Option(default(EvalSettings, "turns"), help="Sequential turns K."),
     parallel: int = typer.Option(default(EvalSettings, "parallel_samples"), help="Also sample k independent first turns (mk@t1, pass@k); 0: none."),
     window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    feedback: str = typer.Option(default(EvalSettings, "feedback"), help="After each turn: retry (the task's retry message) or self_refine."),
     temperature: float = typer.Option(default(SamplingSettings, "temperature"), help="Sampling temperature; 0 for greedy."),
     top_p: float = typer.Option(default(SamplingSettings, "top_p")),
     max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
@@ -150,7 +152,7 @@ def eval_command(
     from riselm.tasks import get_task
 
     settings = _settings(EvalSettings, dict(
-        turns=turns, parallel_samples=parallel, window=window, chunk_size=chunk_size,
+        turns=turns, parallel_samples=parallel, window=window, chunk_size=chunk_size, feedback=feedback,
         sampling=_sampling(temperature, top_p, max_new_tokens),
     ))
     where = _settings(TaskSettings, dict(name=task, eval_split=split, eval_data=data, eval_limit=limit))
@@ -264,11 +266,9 @@ def run_command(
 ) -> None:
     """The RISE loop: optional boost, then iterations of collect -> samples -> train -> evaluate. Resumable."""
     from riselm.config import load_config
-    from riselm.pipeline import run_pipeline
 
     settings = _run(load_config, config, overrides or [])
-    _run(run_pipeline, settings)
-    typer.echo((Path(settings.out) / "summary.md").read_text())
+    _pipeline(settings, ["run", str(config), *(overrides or [])])
 
 
 @app.command("demo")
@@ -277,10 +277,33 @@ def demo_command(
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the demo config."),
 ) -> None:
     """The embedded default: the whole RISE loop on the synthetic task with a tiny model, on CPU, in minutes."""
-    from riselm.demo import run_demo
+    from riselm.demo import prepare_demo
 
-    _run(run_demo, out, overrides or [])
-    typer.echo((out / "summary.md").read_text())
+    settings = _run(prepare_demo, out, overrides or [])
+    _pipeline(settings, ["demo", "--out", str(out), *(overrides or [])])
+
+
+def _pipeline(settings, argv: list[str]) -> None:
+    """Run the pipeline here, or start its worker processes (distributed.processes > 1) running `argv`."""
+    from riselm import distributed
+    from riselm.pipeline import run_pipeline
+
+    if distributed.needs_launch(settings.distributed):
+        _run(distributed.launch, settings.distributed, Path(settings.out), argv)
+    else:
+        _run(run_pipeline, settings)
+        if distributed.in_worker():  # the launching command prints the summary
+            return
+    typer.echo((Path(settings.out) / "summary.md").read_text())
+
+
+def _register_analyses() -> None:
+    from riselm.analysis.cli import register  # compare and analyze (transitions, fixes, nll, transfer)
+
+    register(app)
+
+
+_register_analyses()
 
 
 def main() -> None:  # pragma: no cover - console entry

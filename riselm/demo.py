@@ -66,11 +66,16 @@ def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
     return path
 
 
-def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), show_progress: bool = True):
-    """Run (or resume) the demo into `out`; returns the pipeline's stage results."""
-    from riselm.pipeline import run_pipeline
-
+def prepare_demo(out: str | Path, overrides: list[str] = ()) -> RunSettings:
+    """The demo's settings, with its from-scratch model written into `out` (once)."""
     settings, shape = demo_config(out, overrides)
     init_model(Path(settings.model), shape, seed=settings.seed)
     check_model_specs(settings)
-    return run_pipeline(settings, show_progress=show_progress)
+    return settings
+
+
+def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), show_progress: bool = True):
+    """Run (or resume) the demo into `out` in this process; returns the pipeline's stage results."""
+    from riselm.pipeline import run_pipeline
+
+    return run_pipeline(prepare_demo(out, overrides), show_progress=show_progress)

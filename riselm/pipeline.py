@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 import yaml
 
+from riselm import distributed
 from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
 from riselm.generation.base import GenerationStats, Generator
@@ -32,9 +33,10 @@ from riselm.settings import GeneratorSettings, RunSettings, TrainSettings
 from riselm.summary import StageResult, write_summary
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
-from riselm.training.samples import TrainingSample, samples_from_episodes
+from riselm.training.samples import TrainingSample, first_turn_samples, samples_from_episodes
 
 DONE = "DONE"  # marks a finished collection (written atomically, after the last episode)
+SINGLE_TURN_METHODS = ("filtered_sft", "single_turn_rwr")  # baselines that collect and train on first turns only
 
 
 @dataclass
@@ -47,11 +49,29 @@ class Run:
     eval_problems: list[Problem]
     out: Path  # the run directory
     show_progress: bool = True
+    world: distributed.World = distributed.World()  # this process among the run's processes
+
+    def stage(self, name: str) -> None:
+        """Record the stage this process is in (a failed worker is reported with it)."""
+        distributed.set_stage(self.out, self.world, name)
 
 
 def run_pipeline(settings: RunSettings, show_progress: bool = True) -> list[StageResult]:
-    """Run (or resume) the whole RISE loop; returns one result per evaluated stage."""
-    run = start_run(settings, show_progress)
+    """Run (or resume) the whole RISE loop; returns one result per evaluated stage.
+
+    In each worker of a distributed run (riselm.distributed) the same calls run: rollouts are
+    sharded, training is data-parallel, and only the main process writes shared files.
+    """
+    current = distributed.init(settings.distributed)
+    try:
+        return _run_stages(settings, show_progress and current.main, current)
+    except BaseException as error:
+        distributed.set_error(Path(settings.out), current, error)
+        raise
+
+
+def _run_stages(settings: RunSettings, show_progress: bool, current: distributed.World) -> list[StageResult]:
+    run = start_run(settings, show_progress, current)
     stages: list[StageResult] = []
     model = settings.train_model or settings.model  # the lineage being trained
     with Learner(settings.learner) as learner:
@@ -66,8 +86,8 @@ def run_pipeline(settings: RunSettings, show_progress: bool = True) -> list[Stag
             stages += online(run, learner, model)
         else:
             stages += rise_iterations(run, learner, model)
-    method = "online RL" if settings.method == "online" else "RISE"
-    write_summary(run.out, stages, title=f"{method} on {run.task.name} ({settings.model})")
+    if current.main:
+        write_summary(run.out, stages, title=f"{settings.method} on {run.task.name} ({settings.model})")
     return stages
 
 
@@ -84,15 +104,17 @@ def rise_iterations(run: Run, learner: Learner, model: str) -> list[StageResult]
         with timed(seconds, "train"):
             samples = build_samples(run, [run.out / f"iter{i}" / "collect" for i in data_iterations(settings, k)], stage_dir)
             init = model if settings.init_from == "previous" else start_model
-            model = train_stage(learner, settings.train, samples, init, stage_dir / "train", run.show_progress)
+            model = train_stage(run, learner, settings.train, samples, init, stage_dir / "train")
         stages.append(evaluate_stage(run, learner, model, stage_dir, f"iter{k}", seconds))
     return stages
 
 
-def start_run(settings: RunSettings, show_progress: bool = True) -> Run:
+def start_run(settings: RunSettings, show_progress: bool = True, current: distributed.World = distributed.World()) -> Run:
     """Set the CPU threads, load the task and its problems, save the validated config into the run directory."""
     if settings.threads:
-        set_cpu_threads(settings.threads)
+        set_cpu_threads(settings.threads, distributed.processes_per_node(settings.distributed))
+    if settings.distributed.strategy != "ddp" and not _has_gpu():
+        raise ConfigError(f"distributed.strategy {settings.distributed.strategy!r} shards the model over GPUs; use ddp on CPU")
     try:
         task = get_task(settings.task.name, **settings.task.options)
     except ValueError as e:
@@ -101,8 +123,10 @@ def start_run(settings: RunSettings, show_progress: bool = True) -> Run:
     train_problems = task.load(t.train_split, t.train_data, t.train_limit)
     eval_problems = task.load(t.eval_split, t.eval_data, t.eval_limit)
     out = Path(settings.out)
-    write_text_atomic(out / "config.yaml", yaml.safe_dump(settings.model_dump(), sort_keys=False))
-    return Run(settings, task, train_problems, eval_problems, out, show_progress)
+    if current.main:
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(settings.model_dump(), sort_keys=False))
+    current.barrier()
+    return Run(settings, task, train_problems, eval_problems, out, show_progress, current)
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -114,9 +138,11 @@ def boost_stage(run: Run, learner: Learner, model: str, stage_dir: Path) -> str:
 
     boost = run.settings.boost
     chosen = run.train_problems[: boost.limit] if boost.limit else run.train_problems
+    run.stage("boost")
     samples = boost_samples(run.task, chosen, with_history_turns=boost.history_turns, seed=run.settings.seed, every_depth=boost.every_depth)
-    write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
-    return train_stage(learner, boost.train, samples, model, stage_dir / "train", run.show_progress)
+    if run.world.main:
+        write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
+    return train_stage(run, learner, boost.train, samples, model, stage_dir / "train")
 
 
 def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path) -> list[Episode]:
@@ -124,38 +150,51 @@ def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path) -> 
     episodes_path = collect_dir / "episodes.jsonl"
     if (collect_dir / DONE).exists():
         return read_episodes(episodes_path)
+    run.stage(f"collect ({collect_dir})")
     settings = run.settings
+    collect_settings = settings.collect
+    if settings.method in SINGLE_TURN_METHODS:  # the single-turn baselines sample first turns only
+        collect_settings = collect_settings.model_copy(update={"max_turns": 1})
     generators: dict[str, Generator] = {"learner": learner.at(model)}
     named = {step.model for step in settings.collect.schedule}
     experts = {name: build(expert, expert.model) for name, expert in settings.experts.items() if name in named}
     try:
         episodes = collect(
-            run.task, {**generators, **experts}, run.train_problems, episodes_path, settings.collect, settings.seed, run.show_progress
+            run.task, {**generators, **experts}, run.train_problems, episodes_path, collect_settings, settings.seed, run.show_progress
         )
     finally:
         for expert in experts.values():
             expert.close()
-    write_text_atomic(collect_dir / DONE, "")
+    if run.world.main:
+        write_text_atomic(collect_dir / DONE, "")
     return episodes
 
 
 def build_samples(run: Run, collect_dirs: Sequence[Path], stage_dir: Path) -> list[TrainingSample]:
-    """Weighted training samples from the collected episodes (of this iteration, or all so far)."""
+    """Weighted training samples from the collected episodes (of this iteration, or all so far), as the method builds them."""
     episodes = [e for d in collect_dirs for e in read_episodes(d / "episodes.jsonl")]
-    samples = samples_from_episodes(episodes, run.settings.samples)
+    method, settings = run.settings.method, run.settings.samples
+    if method in SINGLE_TURN_METHODS:
+        samples = first_turn_samples(episodes, settings, weighted=method == "single_turn_rwr")
+    else:
+        samples = samples_from_episodes(episodes, settings.model_copy(update={"filter": "success"}) if method == "rise_success" else settings)
     if not samples:
         raise ValueError(
             f"{stage_dir}: no training samples: the {len(episodes)} collected episodes leave none after "
-            f"samples.filter={run.settings.samples.filter!r}"
+            f"method={method!r} and samples.filter={settings.filter!r}"
         )
-    write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
+    if run.world.main:
+        write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
     return samples
 
 
 def train_stage(
-    learner: Learner, settings: TrainSettings, samples: Sequence[TrainingSample], init_model: str, train_dir: Path, show_progress: bool
+    run: Run, learner: Learner, settings: TrainSettings, samples: Sequence[TrainingSample], init_model: str, train_dir: Path
 ) -> str:
-    """Reward-weighted training from `init_model`; returns the trained model's directory. Resumes from checkpoints."""
+    """Reward-weighted training from `init_model`; returns the trained model's directory. Resumes from checkpoints.
+
+    With several processes it is data-parallel (distributed.strategy) with the same loss over the global batch.
+    """
     import shutil
 
     from riselm.models import resolve_model_dir
@@ -164,10 +203,16 @@ def train_stage(
     final = train_dir / "final"
     if final.exists():  # final/ appears only once complete (written under another name, then renamed)
         return str(final)
+    run.stage(f"train ({train_dir})")
     learner.close()  # a generation engine may hold the memory training needs
-    final = train_weighted(resolve_model_dir(init_model), samples, train_dir, settings, show_progress=show_progress)
-    for checkpoint in train_dir.glob("checkpoint-*"):  # final/ is complete: resume points are no longer needed
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    final = train_weighted(
+        resolve_model_dir(init_model), samples, train_dir, settings, show_progress=run.show_progress,
+        strategy=run.settings.distributed.strategy,
+    )
+    run.world.barrier()
+    if run.world.main:
+        for checkpoint in train_dir.glob("checkpoint-*"):  # final/ is complete: resume points are no longer needed
+            shutil.rmtree(checkpoint, ignore_errors=True)
     return str(final)
 
 
@@ -190,6 +235,7 @@ def evaluate_stage(
 ) -> StageResult:
     """Sequential (and parallel) evaluation of one stage's model; resumes inside its episodes files."""
     seconds = dict(seconds or {})
+    run.stage(f"evaluate ({stage_dir})")
     with timed(seconds, "eval"):
         result = evaluate(
             run.task, learner.at(model), stage_dir / "eval", run.settings.eval, problems=run.eval_problems,
@@ -211,15 +257,21 @@ def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
         seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 1)
 
 
-def set_cpu_threads(threads: int) -> None:
-    """Use `threads` torch threads, never more than the CPUs this process may run on (a tiny model on a
-    shared machine slows down many times over when its threads outnumber the cores it gets)."""
+def set_cpu_threads(threads: int, processes: int = 1) -> None:
+    """Use `threads` torch threads, never more than this process's share of the CPUs it may run on (a
+    tiny model on a shared machine slows down many times over when threads outnumber the cores)."""
     import os
 
     import torch
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(min(threads, usable))
+    torch.set_num_threads(max(1, min(threads, usable // processes)))
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def data_iterations(settings: RunSettings, k: int) -> list[int]:
@@ -228,12 +280,19 @@ def data_iterations(settings: RunSettings, k: int) -> list[int]:
 
 
 def build(settings: GeneratorSettings, model: str) -> Generator:
-    """A generator for `model` on the backend of `settings`."""
+    """A generator for `model` on the backend of `settings` (an HF model on this process's GPU in a distributed run)."""
     from riselm.generation import build_generator
 
+    options = dict(settings.options)
+    current = distributed.world()
+    if settings.backend == "hf" and current.size > 1 and "device" not in options:
+        import torch
+
+        if torch.cuda.is_available():
+            options["device"] = f"cuda:{current.local_rank}"
     return build_generator(
         model, backend=settings.backend, base_url=settings.base_url, api_key_env=settings.api_key_env,
-        batch_size=settings.batch_size, **settings.options,
+        batch_size=settings.batch_size, **options,
     )
 
 

@@ -74,6 +74,7 @@ class CollectSettings(_Settings):
     )  # per-turn improver; the last entry serves every later turn
     sampling: SamplingSettings = SamplingSettings()
     chunk_size: int = Field(256, ge=1)  # problems rolled out (and saved) together
+    episodes_per_problem: int = Field(1, ge=1)  # independent episodes per problem (the single-turn baselines sample several)
 
 
 class SamplesSettings(_Settings):
@@ -143,6 +144,9 @@ class EvalSettings(_Settings):
     sampling: SamplingSettings = SamplingSettings()
     chunk_size: int = Field(256, ge=1)  # problems generated (and saved) together
     system: str | None = None  # an optional system message before the prompt
+    # what follows a turn: the task's retry message (RISE), or Self-Refine (the model writes feedback on
+    # its own answer, then is asked to improve it using that feedback)
+    feedback: Literal["retry", "self_refine"] = "retry"
     base: bool = False  # run config only: also evaluate the starting model
 
 
@@ -209,11 +213,32 @@ class OnlineSettings(_Settings):
     sync_every: int = Field(1, ge=1)  # vllm backend: hand the engine new weights every this many steps
 
 
+class DistributedSettings(_Settings):
+    """Processes of one run (riselm.distributed): collection and evaluation sharded, training data-parallel."""
+
+    processes: int | None = Field(None, ge=1)  # per node (None: one per visible GPU; one on a machine without)
+    strategy: Literal["ddp", "fsdp", "zero3"] = "ddp"  # how training shards the model (fsdp, zero3: GPUs only)
+    nodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)  # this node's index (0 for the node at main_address)
+    main_address: str = "127.0.0.1"  # the address of node 0
+    main_port: int = Field(29500, ge=1, le=65535)
+    timeout_s: int = Field(1800, ge=1)  # the longest a process waits for the others at a barrier
+
+    @model_validator(mode="after")
+    def _node_rank_in_range(self) -> "DistributedSettings":
+        if self.node_rank >= self.nodes:
+            raise ValueError(f"distributed.node_rank {self.node_rank} must be below distributed.nodes ({self.nodes})")
+        return self
+
+
 class RunSettings(_Settings):
     """A whole `riselm run`: boost -> iteration 1 -> iteration 2 ..."""
 
     out: str = "runs/rise"  # the run directory; running again resumes there
-    method: Literal["rise", "online"] = "rise"  # offline RISE iterations, or online multi-turn RL after the boost
+    # what follows the boost: RISE's iterations; RISE trained on successful turns only (the paper's Fig. 3
+    # ablation); the single-turn baselines filtered SFT on the learner's own correct first turns
+    # (STaR/RFT) and reward-weighted training on its correct and wrong first turns; or online RL
+    method: Literal["rise", "rise_success", "filtered_sft", "single_turn_rwr", "online"] = "rise"
     task: TaskSettings = TaskSettings()
     model: str = "smollm2"  # the starting learner (local dir, hub id, .gguf, or a named model)
     train_model: str | None = None  # weak-to-strong: train this model on data collected by `model`
@@ -228,6 +253,7 @@ class RunSettings(_Settings):
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     online: OnlineSettings = OnlineSettings()  # method: online
+    distributed: DistributedSettings = DistributedSettings()  # several processes (one per GPU), several nodes
     seed: int = Field(0, ge=0)  # the run seed: every sampled conversation, the boost data and the demo model
     threads: int | None = Field(None, ge=1)  # torch CPU threads, at most the usable CPUs (None: torch's default)
 

@@ -1,6 +1,7 @@
 """`riselm run` end to end on a tiny model: every stage's files, the summary, resume, early config errors."""
 
 import json
+import math
 
 import pytest
 
@@ -96,3 +97,47 @@ def test_unknown_task_fails_before_any_work(tmp_path):
     cfg = load_config(None, [f"out={tmp_path / 'run'}", "task.name=chess"], check_models=False)
     with pytest.raises(ValueError, match="known tasks"):
         run_pipeline(cfg, show_progress=False)
+
+
+@pytest.mark.parametrize("method", ["rise", "rise_success", "filtered_sft", "single_turn_rwr"])
+def test_each_method_builds_the_samples_it_claims(tmp_path, method):
+    from riselm.jsonl import write_jsonl
+    from riselm.pipeline import Run, build_samples
+    from riselm.rollout.episode import Episode, Turn
+    from riselm.settings import RunSettings
+    from tests.toy import ToyTask
+
+    retry = "Try again."
+    episodes = [
+        Episode("p1", "toy", "collect", "Q1", [Turn("a", "1", 0.0, feedback=retry), Turn("b", "2", 1.0)]),
+        Episode("p2", "toy", "collect", "Q2", [Turn("c", "4", 1.0)]),
+        Episode("p2", "toy", "collect", "Q2", [Turn("d", "5", 0.0)], sample=1),
+    ]
+    write_jsonl(tmp_path / "collect" / "episodes.jsonl", [e.to_dict() for e in episodes])
+    run = Run(RunSettings(method=method, samples={"tau": 0.5}), ToyTask(), [], [], tmp_path, show_progress=False)
+    samples = build_samples(run, [tmp_path / "collect"], tmp_path)
+    got = [(s.episode_id, s.response, len(s.messages), round(s.weight, 4)) for s in samples]
+    e2 = round(math.exp(2), 4)
+    expected = {
+        "rise": [("p1", "a", 2, 1.0), ("p1", "b", 4, e2), ("p2", "c", 2, e2), ("p2", "d", 2, 1.0)],
+        "rise_success": [("p1", "b", 4, e2), ("p2", "c", 2, e2)],
+        "filtered_sft": [("p2", "c", 2, 1.0)],  # correct first answers only, weight 1
+        "single_turn_rwr": [("p1", "a", 2, 1.0), ("p2", "c", 2, e2), ("p2", "d", 2, 1.0)],  # every first answer
+    }[method]
+    assert got == expected
+    assert (tmp_path / "samples.jsonl").exists()
+
+
+def test_single_turn_methods_collect_several_first_turns_a_problem(tmp_path):
+    from riselm.rollout.episode import read_episodes
+
+    overrides = [o for o in TINY if not o.startswith("boost.")] + [
+        "method=single_turn_rwr", "boost.enabled=false", "collect.episodes_per_problem=3", "collect.max_turns=4",
+    ]
+    cfg, shape = demo_config(tmp_path, overrides)
+    init_model(tmp_path / "init", shape)
+    stages = run_pipeline(cfg, show_progress=False)
+    episodes = read_episodes(tmp_path / "iter1/collect/episodes.jsonl")
+    assert sorted({e.sample for e in episodes}) == [0, 1, 2] and len(episodes) == 6 * 3
+    assert all(len(e.turns) == 1 for e in episodes)  # first turns only, whatever collect.max_turns says
+    assert [s.name for s in stages] == ["iter1"]

@@ -12,7 +12,9 @@ from typing import Any, Sequence
 from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequential_metrics
 from riselm.evaluation.report import plot_turn_curves, turn_table
 from riselm.generation.base import Generator
-from riselm.rollout.engine import RolloutSpec, Step, rollout
+from riselm.distributed import world
+from riselm.rollout.engine import RolloutSpec, Step
+from riselm.rollout.shards import sharded_rollout
 from riselm.rollout.episode import read_episodes
 from riselm.settings import EvalSettings
 from riselm.tasks import get_task
@@ -44,6 +46,7 @@ def sequential_spec(settings: EvalSettings, seed: int = 0) -> RolloutSpec:
     return RolloutSpec(
         mode="sequential", turns=settings.turns, stop_when_correct=False, window=settings.window,
         sampling=settings.sampling, seed=seed, chunk_size=settings.chunk_size, system=settings.system,
+        feedback=settings.feedback,
     )
 
 
@@ -71,7 +74,8 @@ def evaluate(
     """Evaluate `generator` on a task: K sequential turns (and k parallel samples when asked).
 
     Problems come from `problems`, or are loaded from the task (`split`, a user `data` file or hub id,
-    the first `limit`). Writes into `out_dir`; calling again with the same `out_dir` resumes.
+    the first `limit`). Writes into `out_dir`; calling again with the same `out_dir` resumes. Run in
+    every process of a distributed run, each rolls out its share (riselm.rollout.shards).
     """
     task = get_task(task) if isinstance(task, str) else task
     if problems is None:
@@ -82,17 +86,18 @@ def evaluate(
     start = time.perf_counter()
 
     schedule = [Step(generator)]
-    sequential = rollout(task, problems, schedule, sequential_spec(settings, seed), out_dir / SEQUENTIAL_FILE, show_progress)
+    sequential = sharded_rollout(task, problems, schedule, sequential_spec(settings, seed), out_dir / SEQUENTIAL_FILE, show_progress)
     seq_metrics = sequential_metrics(sequential, task.same_answer)
     par_metrics = None
     if settings.parallel_samples > 0:
-        parallel = rollout(task, problems, schedule, parallel_spec(settings, seed), out_dir / PARALLEL_FILE, show_progress)
+        parallel = sharded_rollout(task, problems, schedule, parallel_spec(settings, seed), out_dir / PARALLEL_FILE, show_progress)
         par_metrics = parallel_metrics(parallel, task.same_answer)
 
     wall = time.perf_counter() - start
     tokens = _generated_tokens(generator) - tokens_before
     result = EvalResult(out_dir, seq_metrics, par_metrics, round(wall, 2), tokens, round(tokens / wall, 2) if wall else 0.0)
-    write_report(result, task=task.name, model=generator.name, settings=settings, title=title)
+    if world().main:  # every process has the merged episodes and metrics; one writes them down
+        write_report(result, task=task.name, model=generator.name, settings=settings, title=title)
     return result
 
 

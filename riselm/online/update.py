@@ -50,7 +50,10 @@ class PolicyUpdater:
         if not rows or not any(r.action_ids for r in rows):
             raise OnlineError(f"step {step}: the batch holds no sampled action to train on (every episode was empty)")
         s = self.settings
+        if s.objective == "pg" and s.kl_coef == 0:  # a zero advantage gives a zero gradient: skip its compute
+            rows = [r for r in rows if r.advantage != 0] or rows[:1]
         no_signal = s.objective == "pg" and s.kl_coef == 0 and all(r.advantage == 0 for r in rows)
+        rows = sorted(rows, key=lambda r: len(r.prompt_ids) + len(r.action_ids))  # less padding per micro-batch
         batches = [collate(rows[i : i + s.micro_batch], self.pad_id, self.model.device) for i in range(0, len(rows), s.micro_batch)]
         normalizer = sum(b.action_tokens for b in batches) if (s.objective == "pg" and s.reduction == "token_mean") else len(rows)
         old = [self._logprobs(self.model, b) for b in batches] if s.updates_per_batch > 1 else [None] * len(batches)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from riselm.generation.base import Generator
-from riselm.rollout.engine import RolloutSpec, Step, rollout
+from riselm.rollout.engine import RolloutSpec, Step
+from riselm.rollout.shards import sharded_rollout
 from riselm.rollout.episode import Episode
 from riselm.settings import CollectSettings, ScheduleStep
 from riselm.tasks.base import Problem, Task
@@ -37,6 +38,7 @@ def collect_spec(settings: CollectSettings, seed: int = 0) -> RolloutSpec:
         seed=seed,
         chunk_size=settings.chunk_size,
         drop_degenerate=True,
+        episodes_per_problem=settings.episodes_per_problem,
     )
 
 
@@ -52,10 +54,11 @@ def collect(
     """Collect RISE episodes of `problems` (the first `settings.limit`) into `out_path`; resumes there.
 
     `generators`: the learner, or a mapping from the names in `settings.schedule` ("learner" and any
-    expert) to generators. Returns the file's episodes of those problems.
+    expert) to generators. Returns the file's episodes of those problems. Run in every process of a
+    distributed run, each rolls out its share (riselm.rollout.shards).
     """
     if not isinstance(generators, Mapping):
         generators = {"learner": generators}
     schedule = resolve_schedule(settings.schedule, generators)
     chosen = list(problems)[: settings.limit] if settings.limit else list(problems)
-    return rollout(task, chosen, schedule, collect_spec(settings, seed), out_path, show_progress)
+    return sharded_rollout(task, chosen, schedule, collect_spec(settings, seed), out_path, show_progress)

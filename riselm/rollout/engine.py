@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 from riselm.generation.base import Completion, Generator
 from riselm.jsonl import JsonlAppender
@@ -63,6 +63,7 @@ class RolloutSpec:
     drop_degenerate: bool = False  # never choose a junk candidate; an episode whose candidates are all junk ends
     system: str | None = None  # an optional system message before the prompt
     keep_candidates: bool = False  # keep every candidate and the token ids on the turns, in memory (online RL)
+    feedback: Literal["retry", "self_refine"] = "retry"  # what follows a turn (see `self_refine`)
 
     def __post_init__(self):
         if self.turns < 1 or self.episodes_per_problem < 1 or self.chunk_size < 1:
@@ -99,16 +100,18 @@ def rollout(
     out_path: str | Path | None = None,
     show_progress: bool = True,
     timings: dict[str, float] | None = None,
+    skip: set[tuple[str, int]] | frozenset = frozenset(),
 ) -> list[Episode]:
     """Roll out `spec.episodes_per_problem` episodes of every problem; returns them, problem by problem.
 
     With `out_path`, episodes already in the file are kept (not redone) and new ones are appended
     chunk by chunk; the result then holds the file's episodes of `problems`. `timings`, when given,
-    gets the seconds spent generating ("generate") and scoring ("score") added to it.
+    gets the seconds spent generating ("generate") and scoring ("score") added to it. Episodes whose
+    (id, sample) is in `skip` are not rolled out (done elsewhere, riselm.rollout.shards).
     """
     if not schedule:
         raise ValueError("the improver schedule is empty: give at least the learner for turn 1")
-    done = finished_keys(out_path) if out_path is not None else set()
+    done = (finished_keys(out_path) if out_path is not None else set()) | set(skip)
     todo = [
         [(p, s) for s in range(spec.episodes_per_problem) if (p.id, s) not in done] for p in problems
     ]
@@ -184,11 +187,38 @@ def _rollout_chunk(
             )
             if not last:
                 still_active.append(i)
+        if spec.feedback == "self_refine" and still_active:
+            self_refine(task, step.generator, spec, [episodes[i] for i in still_active], [chunk[i][0] for i in still_active], turn, timings)
         active = still_active
     for e in episodes:  # an episode cut short by junk candidates ends after its last kept action
         if e.turns:
             e.turns[-1].feedback = None
     return episodes  # empty ones too, so that a resumed rollout does not redo them
+
+
+# Self-Refine (Madaan et al., 2023) as an evaluation mode beside the retry message: after each answer
+# the model reviews it, then answers again using its own review. Nothing says whether it was right.
+CRITIQUE_REQUEST = (
+    "Review your answer above step by step and point out any mistakes in it. Do not write a new answer yet."
+)
+REFINE_REQUEST = "Using your review, answer the question again: {question} Put your final answer within \\boxed{{}}."
+
+
+def self_refine(
+    task: Task, generator: Generator, spec: RolloutSpec, episodes: Sequence[Episode], problems: Sequence[Problem],
+    turn: int, timings: dict[str, float],
+) -> None:
+    """Replace the retry message after each episode's last turn by the model's own review and a refine request."""
+    for episode in episodes:
+        episode.turns[-1].feedback = None  # the review request follows the answer directly
+    conversations = [e.messages(window=spec.window) + [{"role": "user", "content": CRITIQUE_REQUEST}] for e in episodes]
+    seeds = [conversation_seed(spec.seed, f"{e.id}\x1fcritique", e.sample, turn) for e in episodes]
+    with _timed(timings, "generate"):
+        reviews = generator.generate(conversations, spec.sampling.params(1), seeds=seeds)
+    for episode, problem, (review, *_) in zip(episodes, problems, reviews):
+        last = episode.turns[-1]
+        last.critique_request, last.critique = CRITIQUE_REQUEST, review.text
+        last.feedback = REFINE_REQUEST.format(question=problem.question)
 
 
 @contextmanager

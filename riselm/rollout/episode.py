@@ -37,6 +37,8 @@ class Turn:
     num_candidates: int = 1  # how many samples the action was chosen from (best-of-N)
     num_tokens: int = 0  # tokens generated for the chosen action
     truncated: bool = False  # generation hit max_new_tokens
+    critique_request: str | None = None  # Self-Refine: the user message asking the model to review this action
+    critique: str | None = None  # Self-Refine: the model's review of its own action (followed by `feedback`)
     # Not stored in files: the prompt ids the backend conditioned on (the chat rendered for this
     # turn) and every candidate sampled from them, in sample order; online RL trains on these.
     prompt_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
@@ -86,6 +88,9 @@ class Episode:
         conv.append({"role": "user", "content": self.prompt})
         for t in turns:
             conv.append({"role": "assistant", "content": t.response})
+            if t.critique is not None:
+                conv.append({"role": "user", "content": t.critique_request or ""})
+                conv.append({"role": "assistant", "content": t.critique})
             if t.feedback is not None:
                 conv.append({"role": "user", "content": t.feedback})
         return conv
@@ -126,7 +131,10 @@ class Episode:
 
 
 _OPTIONAL = {"prompt": str, "sample": int, "system": str, "answer": str, "window": int, "sampling": dict, "seed": int}
-_TURN_OPTIONAL = {"feedback": str, "source": str, "num_candidates": int, "num_tokens": int, "truncated": bool}
+_TURN_OPTIONAL = {
+    "feedback": str, "source": str, "num_candidates": int, "num_tokens": int, "truncated": bool,
+    "critique_request": str, "critique": str,
+}
 
 
 def _check_types(values: dict[str, Any], where: str, types: dict[str, type] = _OPTIONAL) -> None:

@@ -130,6 +130,30 @@ def samples_from_episodes(
     return samples
 
 
+def first_turn_samples(episodes: Iterable[Episode], settings: SamplesSettings = SamplesSettings(), weighted: bool = False) -> list[TrainingSample]:
+    """Single-turn samples from the first turn of every episode: the prompt and the learner's own answer.
+
+    The two single-turn baselines of the paper's comparisons: `weighted=False` is filtered SFT
+    (STaR / rejection-sampling fine-tuning): correct answers only, weight 1. `weighted=True` is
+    single-turn reward-weighted regression on the same correct and wrong answers, weight exp(r/tau)
+    (the rebuttal's Table 4). De-duplication as in `samples_from_episodes`.
+    """
+    samples: list[TrainingSample] = []
+    seen: set[str] = set()
+    for episode in episodes:
+        if not episode.turns or not (weighted or episode.turns[0].correct):
+            continue
+        turn = episode.turns[0]
+        messages = episode.messages(upto=0) + [{"role": "assistant", "content": turn.response}]
+        key = json.dumps(messages, ensure_ascii=False)
+        if settings.dedup and key in seen:
+            continue
+        seen.add(key)
+        weight = reward_weight(turn.reward, settings.tau) if weighted else 1.0
+        samples.append(TrainingSample(messages=messages, reward=turn.reward, weight=weight, episode_id=episode.id, turn=0))
+    return samples
+
+
 def read_samples(path: str | Path) -> list[TrainingSample]:
     """Read a samples JSONL file (one TrainingSample per line), checking every row."""
     samples = []

@@ -91,10 +91,14 @@ def per_sample_mean_ce(
 # ---- one-call training ------------------------------------------------------------------------
 
 
-def training_arguments(config: TrainSettings, output_dir: str | Path, show_progress: bool = True) -> TrainingArguments:
-    """transformers TrainingArguments for `config`."""
+def training_arguments(
+    config: TrainSettings, output_dir: str | Path, show_progress: bool = True, strategy: str = "ddp"
+) -> TrainingArguments:
+    """transformers TrainingArguments for `config`; `strategy` shards the model across processes
+    (ddp: none, each process holds it all; fsdp: PyTorch FSDP full sharding; zero3: DeepSpeed ZeRO-3)."""
     bf16 = config.bf16 if config.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return TrainingArguments(
+        **_sharding(strategy),
         output_dir=str(output_dir),
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
@@ -119,7 +123,30 @@ def training_arguments(config: TrainSettings, output_dir: str | Path, show_progr
         label_names=["labels"],
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not show_progress,
+        # without a GPU, accelerate runs several processes as DDP over gloo only when told it is on CPU
+        use_cpu=not torch.cuda.is_available(),
     )
+
+
+def _sharding(strategy: str) -> dict[str, Any]:
+    """TrainingArguments that shard the model: FSDP or DeepSpeed ZeRO-3 (GPUs only); nothing for DDP."""
+    if strategy == "ddp":
+        return {}
+    if not torch.cuda.is_available():
+        raise ValueError(f"distributed.strategy {strategy!r} shards the model over GPUs and needs them; use ddp on CPU")
+    if strategy == "fsdp":
+        return {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True, "sync_module_states": True}}
+    if strategy == "zero3":
+        return {
+            "deepspeed": {
+                "zero_optimization": {"stage": 3, "overlap_comm": True, "stage3_gather_16bit_weights_on_model_save": True},
+                "bf16": {"enabled": "auto"},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+            }
+        }
+    raise ValueError(f"unknown distributed.strategy {strategy!r}; known: ddp, fsdp, zero3")
 
 
 def train_weighted(
@@ -131,6 +158,7 @@ def train_weighted(
     tokenizer=None,
     callbacks: list | None = None,
     show_progress: bool = True,
+    strategy: str = "ddp",
 ) -> Path:
     """Fine-tune on weighted samples; returns `output_dir/final` holding the model and tokenizer.
 
@@ -144,7 +172,7 @@ def train_weighted(
 
     config = settings
     output_dir = Path(output_dir)
-    args = training_arguments(config, output_dir, show_progress)
+    args = training_arguments(config, output_dir, show_progress, strategy)
     if tokenizer is None:
         if not isinstance(model_or_path, (str, Path)):
             raise ValueError("a tokenizer is needed when the model is given as an object")

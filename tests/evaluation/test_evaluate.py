@@ -84,3 +84,33 @@ def test_evaluate_writes_episodes_metrics_table_and_plot(tmp_path):
     assert "| 3 |" in (out / "report.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert metrics_of_file(out / "episodes.sequential.jsonl", task=ToyTask())["m1@t3"] == 100.0
+
+
+def test_self_refine_asks_for_a_review_then_for_an_improved_answer(tmp_path):
+    from riselm.rollout.engine import CRITIQUE_REQUEST
+
+    def respond(conversation, sample):
+        if conversation[-1]["content"] == CRITIQUE_REQUEST:
+            return f"review of attempt {sum(m['content'] == CRITIQUE_REQUEST for m in conversation)}"
+        return improving(conversation, sample)
+
+    gen = ScriptedGenerator(respond)
+    run(tmp_path, gen, EvalSettings(turns=3, parallel_samples=0, feedback="self_refine"), problems=toy_problems(2)[1:])
+    (episode,) = episodes(tmp_path)
+    turns = episode["turns"]
+    assert [t["reward"] for t in turns] == [0.0, 1.0, 1.0]
+    assert [t["critique"] for t in turns] == ["review of attempt 1", "review of attempt 2", None]
+    assert turns[0]["feedback"].startswith("Using your review, answer the question again: What is 1+1?")
+    # the calls alternate: answer, review, answer, review, answer; each sees the whole exchange so far
+    roles = [[m["role"] for m in call.conversations[0]] for call in gen.calls]
+    assert roles == [
+        ["user"],
+        ["user", "assistant", "user"],
+        ["user", "assistant", "user", "assistant", "user"],
+        ["user", "assistant", "user", "assistant", "user", "assistant", "user"],
+        ["user", "assistant", "user", "assistant", "user", "assistant", "user", "assistant", "user"],
+    ]
+    review_request = gen.calls[1].conversations[0]
+    assert review_request[1]["content"] == turns[0]["response"] and review_request[2]["content"] == CRITIQUE_REQUEST
+    final = gen.calls[4].conversations[0]
+    assert [m["content"] for m in final[3:5]] == ["review of attempt 1", turns[0]["feedback"]]

@@ -13,7 +13,7 @@ from riselm.generation import decoding
 from riselm.generation.base import splitmix64, stream_key
 from riselm.generation.decoding import RowStreams, Sampling, next_tokens, sample_batch
 
-from test_hf import chaotic_model  # noqa: E402  (tests/generation is on sys.path under pytest)
+from tests.generation.test_hf import chaotic_model
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 

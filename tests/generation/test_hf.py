@@ -12,7 +12,7 @@ from riselm.generation.base import SamplingParams
 from riselm.generation.hf import HFGenerator
 from riselm.models import build_tiny_model
 
-from chat_samples import CONVERSATIONS  # noqa: E402  (tests/generation is on sys.path under pytest)
+from tests.generation.chat_samples import CONVERSATIONS
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=20)
 
 

@@ -12,6 +12,7 @@ from riselm.rollout.episode import Episode, Turn
 from riselm.settings import SamplesSettings
 from riselm.training.samples import (
     TrainingSample,
+    first_turn_samples,
     keep_turn,
     load_training_samples,
     read_samples,
@@ -161,3 +162,19 @@ def test_samples_use_each_episodes_own_window_unless_told_otherwise(tmp_path, ca
     with caplog.at_level("WARNING"):
         assert [len(s.messages) for s in load_training_samples(path, window=3)] == [2, 4, 6]
     assert "generated with context window 2" in caplog.text and "window 3 as asked" in caplog.text
+
+
+def test_first_turn_samples_for_the_single_turn_baselines():
+    def single(eid, sample, response, reward):
+        return Episode(id=eid, task="toy", mode="collect", prompt=f"question {eid}", sample=sample,
+                       turns=[Turn(response, None, reward)])
+
+    episodes = [single("a", 0, "right", 1.0), single("a", 1, "wrong", 0.0), single("a", 2, "right", 1.0),
+                single("b", 0, "junk", -1.0), episode([0.0, 1.0], eid="c")]
+    sft = first_turn_samples(episodes)  # filtered SFT: correct first answers, weight 1, duplicates once
+    assert [(s.episode_id, s.response, s.weight) for s in sft] == [("a", "right", 1.0)]
+    assert sft[0].messages == [{"role": "user", "content": "question a"}, {"role": "assistant", "content": "right"}]
+    rwr = first_turn_samples(episodes, SamplesSettings(tau=0.5), weighted=True)  # every first answer, exp(r/tau)
+    assert [(s.episode_id, s.response) for s in rwr] == [("a", "right"), ("a", "wrong"), ("b", "junk"), ("c", "attempt 0 \\boxed{0}")]
+    assert [s.weight for s in rwr] == pytest.approx([math.exp(2), 1.0, math.exp(-2), 1.0])
+    assert all(len(s.messages) == 2 and s.turn == 0 for s in rwr)  # single turn: no retry context
