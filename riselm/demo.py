@@ -41,12 +41,38 @@ collect:
   chunk_size: 250
 train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
 eval: {turns: 5, parallel_samples: 5, window: 2, sampling: {max_new_tokens: 80}, chunk_size: 500}
+online:                     # method=online: after the boost, 100 steps of online RL (benchmarks/results/online.md)
+  steps: 100
+  problems_per_step: 64
+  episodes_per_problem: 1
+  candidates: [4]           # 4 samples at every turn, credited against each other (they share the state)
+  stop_when_correct: true
+  turns: 5
+  window: 2
+  sampling: {max_new_tokens: 80}
+  objective: pg
+  learning_rate: 2.0e-4
+  minibatches: 8
+  warmup_steps: 5
+  micro_batch: 256
+  eval_every: 50
+  save_every: 25
 """
+
+
+# What `method=NAME` changes in the recipe, so that every method gets RISE's budget: the single-turn
+# baselines sample 10 first turns of each of the 2,000 problems an iteration (20,000 responses, as
+# RISE's collection generates about 18,000-21,000 with its best-of-4 improvements).
+METHOD_RECIPES = {
+    "filtered_sft": ["collect.episodes_per_problem=10"],
+    "single_turn_rwr": ["collect.episodes_per_problem=10"],
+}
 
 
 def demo_config(out: str | Path, overrides: list[str] = ()) -> tuple[RunSettings, dict]:
     """The demo's run settings (with `overrides`) and the shape of its from-scratch model."""
-    data = apply_overrides(yaml.safe_load(DEMO_CONFIG), list(overrides))
+    method = next((o.partition("=")[2] for o in overrides if o.startswith("method=")), "rise")
+    data = apply_overrides(yaml.safe_load(DEMO_CONFIG), METHOD_RECIPES.get(method, []) + list(overrides))
     shape = data.pop("model")
     data["out"] = str(out)
     data["model"] = str(Path(out) / "init")

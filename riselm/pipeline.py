@@ -15,10 +15,9 @@ resume inside their episodes files, training from its last complete checkpoint).
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import yaml
 
@@ -27,6 +26,7 @@ from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
 from riselm.generation.base import GenerationStats, Generator
 from riselm.jsonl import write_jsonl, write_text_atomic
+from riselm.progress import timed
 from riselm.rollout.collect import collect
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.settings import GeneratorSettings, RunSettings, TrainSettings
@@ -113,12 +113,15 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
     """Set the CPU threads, load the task and its problems, save the validated config into the run directory."""
     if settings.threads:
         set_cpu_threads(settings.threads, distributed.processes_per_node(settings.distributed))
+    if settings.method == "online" and current.size > 1:
+        raise ConfigError("method online runs in one process; set distributed.processes=1")
     if settings.distributed.strategy != "ddp" and not _has_gpu():
         raise ConfigError(f"distributed.strategy {settings.distributed.strategy!r} shards the model over GPUs; use ddp on CPU")
     try:
         task = get_task(settings.task.name, **settings.task.options)
     except ValueError as e:
         raise ConfigError(f"task: {e}") from None
+    check_expert_servers(settings)
     t = settings.task
     train_problems = task.load(t.train_split, t.train_data, t.train_limit)
     eval_problems = task.load(t.eval_split, t.eval_data, t.eval_limit)
@@ -127,6 +130,20 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
         write_text_atomic(out / "config.yaml", yaml.safe_dump(settings.model_dump(), sort_keys=False))
     current.barrier()
     return Run(settings, task, train_problems, eval_problems, out, show_progress, current)
+
+
+def check_expert_servers(settings: RunSettings) -> None:
+    """Ask every expert server the schedule uses whether it is up and serves its model, before any work."""
+    if settings.method != "rise" and settings.method != "rise_success":
+        return
+    named = {step.model for step in settings.collect.schedule}
+    for name, expert in settings.experts.items():
+        if expert.backend == "openai" and name in named:
+            generator = build(expert, expert.model)
+            try:
+                generator.check()
+            finally:
+                generator.close()
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -245,16 +262,6 @@ def evaluate_stage(
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
-    """Add the wall time of the block to seconds[key]."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[key] = round(seconds.get(key, 0.0) + time.perf_counter() - start, 1)
 
 
 def set_cpu_threads(threads: int, processes: int = 1) -> None:

@@ -1,7 +1,8 @@
-"""A progress bar that can be switched off (tests, logs) without changing the calling code."""
+"""Watching work: a progress bar that can be switched off (tests, logs), and a timer for named steps."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -20,3 +21,13 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
 
     with tqdm(total=total, desc=description, unit="gen", dynamic_ncols=True) as bar:
         yield bar
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Add the wall time of the block to seconds[key]."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start

@@ -189,6 +189,10 @@ class OnlineSettings(_Settings):
     stop_when_correct: bool = False  # end an episode at its first correct turn (RISE collection) or run all K
     window: int | None = Field(None, ge=1)  # context window: the question plus the last window-1 attempts
     candidates: list[int] = Field(default_factory=lambda: [1], min_length=1)  # samples per turn; the last repeats
+    # train every candidate of a turn (credited against each other) or only the chosen one (the best, which
+    # the episode continues with): with credit {returns: reward, baseline: none} and objective awr, the
+    # latter is RISE's own loss, online
+    train_candidates: Literal["all", "chosen"] = "all"
     sampling: SamplingSettings = SamplingSettings()
     credit: CreditSettings = CreditSettings()
     # -- objective
@@ -204,7 +208,8 @@ class OnlineSettings(_Settings):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping
     warmup_steps: int = Field(0, ge=0)  # linear warm-up, then a constant rate
-    updates_per_batch: int = Field(1, ge=1)  # optimizer passes over each batch (>1: ratios against the sampler)
+    updates_per_batch: int = Field(1, ge=1)  # passes over each batch (more than one optimizer step: ratios against the sampler)
+    minibatches: int = Field(1, ge=1)  # optimizer steps per pass: the batch's actions split into this many groups
     micro_batch: int = Field(64, ge=1)  # turns per forward/backward pass (gradients accumulate over the batch)
     # -- bookkeeping
     eval_every: int = Field(0, ge=0)  # evaluate every this many steps (0: only at the end)

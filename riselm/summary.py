@@ -36,7 +36,7 @@ class StageResult:
         turns = int(self.sequential.get("turns", 0))
         for curve in ("acc", "p1", "m1"):
             row[f"{curve}@tk"] = [self.sequential.get(f"{curve}@t{k}") for k in range(1, turns + 1)]
-        row["seconds"] = self.seconds
+        row["seconds"] = {step: round(value, 1) for step, value in self.seconds.items()}
         return row
 
 

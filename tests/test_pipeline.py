@@ -141,3 +141,23 @@ def test_single_turn_methods_collect_several_first_turns_a_problem(tmp_path):
     assert sorted({e.sample for e in episodes}) == [0, 1, 2] and len(episodes) == 6 * 3
     assert all(len(e.turns) == 1 for e in episodes)  # first turns only, whatever collect.max_turns says
     assert [s.name for s in stages] == ["iter1"]
+
+
+def test_a_dead_expert_server_is_named_before_any_work(tmp_path):
+    import socket
+    import time
+
+    from riselm.generation.errors import BackendUnavailable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg, shape = demo_config(tmp_path, TINY + [
+        f"experts={{teacher: {{backend: openai, model: big, base_url: 'http://127.0.0.1:{port}/v1'}}}}",
+        "collect.schedule=[{model: learner, n: 1}, {model: teacher, n: 2}]",
+    ])
+    init_model(tmp_path / "init", shape)
+    started = time.perf_counter()
+    with pytest.raises(BackendUnavailable, match=rf"127.0.0.1:{port}.*'big'"):
+        run_pipeline(cfg, show_progress=False)
+    assert time.perf_counter() - started < 15 and not (tmp_path / "boost").exists()

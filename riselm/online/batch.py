@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from riselm.online.credit import shaped_rewards, turn_advantages
+from riselm.rollout.degenerate import is_degenerate
 from riselm.rollout.episode import Episode
 from riselm.settings import CreditSettings
 
@@ -35,10 +36,12 @@ class ActionRow:
     action_ids: tuple[int, ...]  # the action exactly as sampled (end-of-turn token included)
     advantage: float  # the action's credit
     turn: int  # 0-based turn index in its episode
+    junk: bool = False  # a degenerate response (loops, absurd words): never imitated (awr), only pushed down (pg)
 
 
-def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings) -> list[ActionRow]:
-    """Every sampled action of the episodes (grouped by problem) with its advantage."""
+def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings, chosen_only: bool = False) -> list[ActionRow]:
+    """Every sampled action of the episodes (grouped by problem) with its advantage; with `chosen_only`,
+    only the actions the episodes continued with (each credited as a turn of its episode)."""
     advantages = turn_advantages([[[t.reward for t in e.turns] for e in episodes] for episodes in groups], credit)
     rows: list[ActionRow] = []
     for episodes, problem_advantages in zip(groups, advantages):
@@ -49,14 +52,16 @@ def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings) -> 
                         f"episode {episode.id!r}: turn {t + 1} has no token ids; online training needs a backend "
                         "that returns the sampled ids (hf or vllm)"
                     )
-                if len(turn.candidates) == 1:
-                    rows.append(ActionRow(turn.prompt_ids, turn.candidates[0].token_ids, advantage, t))
+                if len(turn.candidates) == 1 or chosen_only:
+                    chosen = next(c for c in turn.candidates if c.response == turn.response)
+                    rows.append(ActionRow(turn.prompt_ids, chosen.token_ids, advantage, t, is_degenerate(chosen.response)))
                 else:
                     previous = episode.turns[t - 1].reward if t else None
                     values = [_shaped(c.reward, previous, credit) for c in turn.candidates]
                     for j, candidate in enumerate(turn.candidates):
                         peers = values[:j] + values[j + 1 :]
-                        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, values[j] - sum(peers) / len(peers), t))
+                        advantage = values[j] - sum(peers) / len(peers)
+                        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, advantage, t, is_degenerate(candidate.response)))
     return rows
 
 

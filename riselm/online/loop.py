@@ -101,7 +101,7 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
             problems = step_problems(run.train_problems, step, s.problems_per_step, run.settings.seed)
             tokens_before = generator.stats.generated_tokens
             episodes = rollout(run.task, problems, schedule, step_spec(run, step), show_progress=False, timings=timings)
-            rows = action_rows(group_by_problem(episodes), s.credit)
+            rows = action_rows(group_by_problem(episodes), s.credit, chosen_only=s.train_candidates == "chosen")
             update_start = time.perf_counter()
             stats = updater.step(rows, number)
             timings["update"] = time.perf_counter() - update_start

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from typing import Sequence
 
 import torch
@@ -46,45 +47,71 @@ class PolicyUpdater:
         return self.settings.learning_rate * min(1.0, step / (self.settings.warmup_steps + 1))
 
     def step(self, rows: Sequence[ActionRow], step: int) -> dict[str, float]:
-        """Update on `rows`; returns the step's training statistics. Raises OnlineError naming `step`."""
+        """Update on `rows`; returns the step's training statistics. Raises OnlineError naming `step`.
+
+        The rows are split into `minibatches` groups (a seeded shuffle), each one optimizer step, and
+        the whole batch is passed over `updates_per_batch` times. With more than one optimizer step per
+        batch, the policy gradient's ratios are taken against the log-probs before the first of them.
+        """
         if not rows or not any(r.action_ids for r in rows):
             raise OnlineError(f"step {step}: the batch holds no sampled action to train on (every episode was empty)")
         s = self.settings
         if s.objective == "pg" and s.kl_coef == 0:  # a zero advantage gives a zero gradient: skip its compute
-            rows = [r for r in rows if r.advantage != 0] or rows[:1]
+            rows = [r for r in rows if r.advantage != 0] or list(rows[:1])
+        if s.objective == "awr":  # every weight is positive: imitating junk (loops) is how a policy collapses
+            rows = [r for r in rows if not r.junk] or list(rows[:1])
         no_signal = s.objective == "pg" and s.kl_coef == 0 and all(r.advantage == 0 for r in rows)
-        rows = sorted(rows, key=lambda r: len(r.prompt_ids) + len(r.action_ids))  # less padding per micro-batch
-        batches = [collate(rows[i : i + s.micro_batch], self.pad_id, self.model.device) for i in range(0, len(rows), s.micro_batch)]
-        normalizer = sum(b.action_tokens for b in batches) if (s.objective == "pg" and s.reduction == "token_mean") else len(rows)
-        old = [self._logprobs(self.model, b) for b in batches] if s.updates_per_batch > 1 else [None] * len(batches)
-        reference = [self._logprobs(self.reference, b) for b in batches] if self.reference is not None else [None] * len(batches)
+        groups = self._minibatches(rows, step)
+        several = s.updates_per_batch * len(groups) > 1
+        old = [[self._logprobs(self.model, b) if several else None for b in g] for g in groups]
+        reference = [[self._logprobs(self.reference, b) if self.reference is not None else None for b in g] for g in groups]
         totals: dict[str, float] = {}
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(step)
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = self.learning_rate(step)
         self.model.train()
         try:
             for epoch in range(s.updates_per_batch):
-                self.optimizer.zero_grad(set_to_none=True)
-                for batch, old_lp, ref_lp in zip(batches, old, reference):
-                    stats = self._backward(batch, old_lp, ref_lp, normalizer, step, monitor=epoch == 0)
-                    if epoch == 0:
-                        for key, value in stats.items():
+                for batches, old_lps, ref_lps in zip(groups, old, reference):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    normalizer = self._normalizer(batches)
+                    for batch, old_lp, ref_lp in zip(batches, old_lps, ref_lps):
+                        for key, value in self._backward(batch, old_lp, ref_lp, normalizer, step, monitor=epoch == 0).items():
                             totals[key] = totals.get(key, 0.0) + value
-                if no_signal:  # zero gradients: AdamW's momentum and decay would still move the weights
-                    break
-                if s.max_grad_norm > 0:
-                    totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm))
-                self.optimizer.step()
+                    if no_signal:  # zero gradients: AdamW's momentum and decay would still move the weights
+                        break
+                    if s.max_grad_norm > 0:
+                        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm))
+                    self.optimizer.step()
         finally:
             self.optimizer.zero_grad(set_to_none=True)
             self.model.eval()
-        tokens = sum(b.action_tokens for b in batches)
+        tokens = sum(b.action_tokens for g in groups for b in g)
         out = {key.removesuffix("_sum"): value / tokens for key, value in totals.items() if key.endswith("_sum")}
-        out.update(loss=totals.get("loss", 0.0), updated=float(not no_signal), lr=self.learning_rate(step))
-        out["action_tokens"] = float(tokens)
+        out.update(loss=totals.get("loss", 0.0) / len(groups), updated=float(not no_signal), lr=self.learning_rate(step))
+        out.update(action_tokens=float(tokens), optimizer_steps=float(0 if no_signal else s.updates_per_batch * len(groups)))
         if "grad_norm" in totals:
             out["grad_norm"] = totals["grad_norm"]
         return out
+
+    def _minibatches(self, rows: Sequence[ActionRow], step: int) -> list[list[RowBatch]]:
+        """`minibatches` groups of rows (a shuffle seeded by the step), each in micro-batches of similar lengths."""
+        s = self.settings
+        order = list(rows)
+        random.Random(step).shuffle(order)
+        count = min(s.minibatches, len(order))
+        groups = [order[i::count] for i in range(count)]
+        out = []
+        for group in groups:
+            group = sorted(group, key=lambda r: len(r.prompt_ids) + len(r.action_ids))  # less padding
+            out.append([collate(group[i : i + s.micro_batch], self.pad_id, self.model.device) for i in range(0, len(group), s.micro_batch)])
+        return out
+
+    def _normalizer(self, batches: Sequence[RowBatch]) -> float:
+        """What a minibatch's loss is averaged over: its action tokens, or its rows (turns)."""
+        s = self.settings
+        if s.objective == "pg" and s.reduction == "token_mean":
+            return float(sum(b.action_tokens for b in batches))
+        return float(sum(len(b.advantages) for b in batches))
 
     def _backward(self, batch: RowBatch, old_lp, ref_lp, normalizer: float, step: int, monitor: bool) -> dict[str, float]:
         s = self.settings

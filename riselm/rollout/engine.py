@@ -24,15 +24,13 @@ with finished (problem, sample) pairs skipped, so nothing is lost or duplicated.
 from __future__ import annotations
 
 import hashlib
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 from riselm.generation.base import Completion, Generator
 from riselm.jsonl import JsonlAppender
-from riselm.progress import progress_bar
+from riselm.progress import progress_bar, timed
 from riselm.rollout.degenerate import is_degenerate
 from riselm.rollout.episode import Candidate, Episode, Turn, finished_keys, read_episodes
 from riselm.settings import SamplingSettings
@@ -157,10 +155,10 @@ def _rollout_chunk(
         step = step_for_turn(schedule, turn)
         conversations = [episodes[i].messages(window=spec.window) for i in active]
         seeds = [conversation_seed(spec.seed, episodes[i].id, episodes[i].sample, turn) for i in active]
-        with _timed(timings, "generate"):
+        with timed(timings, "generate"):
             candidates = step.generator.generate(conversations, spec.sampling.params(step.n), seeds=seeds)
         flat_problems = [chunk[i][0] for i, cands in zip(active, candidates) for _ in cands]
-        with _timed(timings, "score"):
+        with timed(timings, "score"):
             flat_scores = task.score_many(flat_problems, [c.text for cands in candidates for c in cands])
         still_active, offset = [], 0
         for i, cands in zip(active, candidates):
@@ -213,21 +211,12 @@ def self_refine(
         episode.turns[-1].feedback = None  # the review request follows the answer directly
     conversations = [e.messages(window=spec.window) + [{"role": "user", "content": CRITIQUE_REQUEST}] for e in episodes]
     seeds = [conversation_seed(spec.seed, f"{e.id}\x1fcritique", e.sample, turn) for e in episodes]
-    with _timed(timings, "generate"):
+    with timed(timings, "generate"):
         reviews = generator.generate(conversations, spec.sampling.params(1), seeds=seeds)
     for episode, problem, (review, *_) in zip(episodes, problems, reviews):
         last = episode.turns[-1]
         last.critique_request, last.critique = CRITIQUE_REQUEST, review.text
         last.feedback = REFINE_REQUEST.format(question=problem.question)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 def _candidates(completions: Sequence[Completion], scores: Sequence[Score]) -> list[Candidate]:

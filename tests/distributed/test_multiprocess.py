@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 HERE = Path(__file__).parent
@@ -112,3 +111,20 @@ def test_a_killed_worker_is_named_and_the_rerun_loses_and_duplicates_nothing(tmp
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     episodes, rows = keyed(out / "iter1" / "collect" / "episodes.jsonl")
     assert len(episodes) == rows == 40  # every problem exactly once
+
+
+def test_riselm_train_under_accelerate_launch_on_two_cpu_processes(tmp_path, tiny_model_dir):
+    from riselm.jsonl import write_jsonl
+    from riselm.rollout.episode import Episode, Turn
+
+    episodes = [Episode(f"p{i}", "toy", "collect", f"{i}+{i}=?", [Turn("no \\boxed{0}", "0", 0.0, feedback="Again."),
+                                                                  Turn(f"\\boxed{{{2 * i}}}", str(2 * i), 1.0)]) for i in range(4)]
+    write_jsonl(tmp_path / "episodes.jsonl", [e.to_dict() for e in episodes])
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+         "-m", "riselm.cli", "train", str(tmp_path / "episodes.jsonl"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "t"),
+         "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "epochs=1"],
+        env=env(), capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "t" / "final" / "config.json").exists() and not (tmp_path / "t" / "final.partial").exists()

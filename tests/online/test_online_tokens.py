@@ -8,24 +8,15 @@ from riselm.models import build_char_tokenizer, build_tiny_model
 from riselm.online.batch import action_rows, collate
 from riselm.rollout.engine import RolloutSpec, Step, rollout
 from riselm.settings import CreditSettings, SamplingSettings
+from tests.templates import llama3_tokenizer
 from tests.toy import ToyTask, toy_problems
-
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-
 
 def chatml():
     return build_char_tokenizer()
 
 
 def llama3():
-    tok = build_char_tokenizer(chat_template=LLAMA3_TEMPLATE)
-    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
-    return tok
+    return llama3_tokenizer(eos_is_eot=True)
 
 
 @pytest.mark.parametrize("make_tokenizer", [chatml, llama3], ids=["chatml", "llama3"])

@@ -6,6 +6,7 @@ import pytest
 
 from riselm.models import build_char_tokenizer
 from riselm.training.samples import TrainingSample
+from tests.templates import llama3_tokenizer
 from riselm.training.tokenize import (
     IGNORE_INDEX,
     TemplateError,
@@ -17,11 +18,6 @@ from riselm.training.tokenize import (
 
 RETRY = "Your answer is incorrect. Please try again."
 
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
 # No generation prompt: add_generation_prompt is ignored, "Assistant: " only appears with the content.
 PLAIN_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
@@ -31,14 +27,6 @@ PLAIN_TEMPLATE = (
 
 def chatml_tokenizer():
     return build_char_tokenizer()
-
-
-def llama3_tokenizer():
-    tok = build_char_tokenizer(chat_template=LLAMA3_TEMPLATE)
-    tok.add_special_tokens(
-        {"bos_token": "<|begin_of_text|>", "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
-    )
-    return tok
 
 
 def plain_tokenizer():

@@ -185,21 +185,29 @@ class CountSteps(TrainerCallback):
         self.steps += 1
 
 
-def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, char_tokenizer):
-    tok = char_tokenizer
+def interrupted_and_straight(tmp_path, tok):
+    """A run stopped after step 2 of 4 (checkpoint-2 saved), and the same run uninterrupted."""
     samples = make_samples() * 2
     cfg = config(optimizer="adamw_torch", learning_rate=1e-2, batch_size=2, save_steps=2)
-
     straight = make_model(tok)
     train_weighted(straight, samples, tmp_path / "straight", cfg, tokenizer=tok)
-
     run = tmp_path / "interrupted"
     train_weighted(make_model(tok), samples, run, cfg, tokenizer=tok, callbacks=[StopAt(2)])
-    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-4").exists()
+    return run, straight, samples, cfg
+
+
+def resume(run, samples, cfg, tok):
     counter = CountSteps()
     resumed = make_model(tok)  # fresh weights: the checkpoint must supply the trained ones
-    train_weighted(resumed, samples, run, cfg, tokenizer=tok, callbacks=[counter])
-    assert counter.steps == 2  # steps 3 and 4 only
+    final = train_weighted(resumed, samples, run, cfg, tokenizer=tok, callbacks=[counter])
+    return resumed, final, counter.steps
+
+
+def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, char_tokenizer):
+    run, straight, samples, cfg = interrupted_and_straight(tmp_path, char_tokenizer)
+    assert (run / "checkpoint-2").is_dir() and not (run / "checkpoint-4").exists()
+    resumed, _, steps = resume(run, samples, cfg, char_tokenizer)
+    assert steps == 2  # steps 3 and 4 only
     for a, b in zip(params(resumed), params(straight)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -207,14 +215,7 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tmp_path, char_tokeni
 def test_a_checkpoint_cut_short_is_skipped_and_a_half_written_final_never_counts(tmp_path, char_tokenizer):
     from riselm.checkpoints import COMPLETE_MARK
 
-    tok = char_tokenizer
-    samples = make_samples() * 2
-    cfg = config(optimizer="adamw_torch", learning_rate=1e-2, batch_size=2, save_steps=2)
-    straight = make_model(tok)
-    train_weighted(straight, samples, tmp_path / "straight", cfg, tokenizer=tok)
-
-    run = tmp_path / "interrupted"
-    train_weighted(make_model(tok), samples, run, cfg, tokenizer=tok, callbacks=[StopAt(2)])
+    run, straight, samples, cfg = interrupted_and_straight(tmp_path, char_tokenizer)
     assert (run / "checkpoint-2" / COMPLETE_MARK).exists()
     # a later save killed half way (or out of disk): a checkpoint without its mark and trainer state,
     # and a final model that never got renamed into place
@@ -222,10 +223,8 @@ def test_a_checkpoint_cut_short_is_skipped_and_a_half_written_final_never_counts
     broken.mkdir()
     (broken / "model.safetensors").write_bytes(b"torn")
     (run / "final").rename(run / "final.partial")
-    counter = CountSteps()
-    resumed = make_model(tok)
-    final = train_weighted(resumed, samples, run, cfg, tokenizer=tok, callbacks=[counter])
-    assert counter.steps == 2 and not broken.exists()  # resumed from step 2; the torn checkpoint is gone
+    resumed, final, steps = resume(run, samples, cfg, char_tokenizer)
+    assert steps == 2 and not broken.exists()  # resumed from step 2; the torn checkpoint is gone
     assert final == run / "final" and not (run / "final.partial").exists()
     for a, b in zip(params(resumed), params(straight)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

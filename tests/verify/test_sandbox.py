@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from riselm.verify import sandbox
-from riselm.verify.sandbox import Limits, SandboxError, caller, child, isolation, run_program, run_programs
+from riselm.verify.sandbox import Limits, SandboxError, caller, isolation, run_program, run_programs, runner
 
 FAST = Limits(cpu_seconds=2, wall_seconds=10)
 
@@ -53,7 +53,8 @@ def test_failing_assert_is_failed_and_names_the_line():
     )
     assert result.status == "failed"
     assert "AssertionError at line 4: assert add(2, 3) == 5" in result.reason
-    assert "Traceback" in result.output and Path(child.__file__).name not in result.output  # the runner's frame is hidden
+    assert "Traceback" in result.output  # as Python prints it, without the runner's frames:
+    assert Path(caller.CHILD_SCRIPT).name not in result.output and Path(runner.__file__).name not in result.output
 
 
 @pytest.mark.parametrize(
@@ -385,21 +386,47 @@ def test_runs_fall_back_with_a_warning_where_namespaces_fail(monkeypatch):
 # ---- the child-side script ------------------------------------------------------------------------
 
 
-def test_the_child_script_imports_only_the_standard_library():
-    # It runs as a stand-alone file under `python -I -S`: riselm (or any installed package) is not there.
-    source = Path(child.__file__).read_text(encoding="utf-8")
-    imported = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "a relative import cannot work in a script"
-            imported.add(node.module.split(".")[0])
-    assert imported and imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
-    # and it loads as the child's interpreter loads it: isolated, without site-packages
-    check = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='child'); print('ok')"
-    loaded = subprocess.run([sys.executable, "-I", "-S", "-c", check, child.__file__], capture_output=True, text=True)
-    assert loaded.returncode == 0 and loaded.stdout.strip() == "ok", loaded.stderr
+def test_the_child_side_imports_only_the_standard_library():
+    # Both files run in a fresh `python -I -S` interpreter: riselm (or any installed package) is not there.
+    sibling = Path(runner.__file__)
+    assert sibling.parent == Path(caller.CHILD_SCRIPT).parent
+    for path in (caller.CHILD_SCRIPT, runner.__file__):
+        imported = set()
+        for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, "a relative import cannot work in a script"
+                imported.add(node.module.split(".")[0])
+        imported.discard(sibling.stem)  # child.py imports runner.py by its plain name
+        assert imported and imported <= sys.stdlib_module_names, (path, imported - sys.stdlib_module_names)
+    # and the entry script loads as the child's interpreter loads it (isolated, without site-packages),
+    # importing its sibling without leaving the sandbox folder on sys.path or the sibling in sys.modules
+    check = (
+        "import os, runpy, sys; found = runpy.run_path(sys.argv[1], run_name='child');"
+        "assert callable(found['program_process']) and 'runner' not in sys.modules;"
+        "assert os.path.dirname(sys.argv[1]) not in sys.path, sys.path;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} - sys.stdlib_module_names - {'__main__'}))"
+    )
+    command = [sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", check, caller.CHILD_SCRIPT]
+    loaded = subprocess.run(command, capture_output=True, text=True)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_the_program_cannot_import_the_sandbox_modules():
+    # child.py puts its folder on sys.path only while it imports runner.py: the program never sees it.
+    folder = os.path.dirname(caller.CHILD_SCRIPT)
+    result = run(
+        f"""
+        import importlib.util, os, sys
+        assert {folder!r} not in sys.path
+        assert "runner" not in sys.modules
+        for name in ("runner", "child", "caller"):
+            spec = importlib.util.find_spec(name)
+            assert spec is None or os.path.dirname(spec.origin or "") != {folder!r}, name
+        """
+    )
+    assert result.passed, result.reason + result.output
 
 
 # ---- the pool -------------------------------------------------------------------------------------

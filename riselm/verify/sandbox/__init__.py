@@ -10,9 +10,10 @@ captured (truncated) output. The source runs as a module named `program`, so tha
 One launch runs three processes, riselm ──> supervisor ──> init ──> program (see child.py), and the
 modules split along that line: this one holds the API and its types, caller.py what runs in the
 riselm process (launch, capped output, records, judgement), child.py the stand-alone script run in
-the fresh interpreter (supervisor, init and program processes; its docstring also lists the records
-the two sides exchange). Namespaces are probed once per process: where they cannot be set up, runs
-fall back (with a warning) and say so.
+the fresh interpreter (supervisor and init; its docstring also lists the records the two sides
+exchange) and runner.py, which it imports, the program process (limits, socket guard, running the
+source, the verdict) and the record kinds both sides share. Namespaces are probed once per process:
+where they cannot be set up, runs fall back (with a warning) and say so.
 
 What is guaranteed, by isolation level (`isolation()` says which is in force; every result carries it):
 

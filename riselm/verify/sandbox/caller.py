@@ -3,7 +3,8 @@
 `run(source, limits)` writes the source into a fresh working directory, starts the child-side script
 (child.py) in a fresh interpreter, feeds it the token, drains its output into a capped buffer and its
 result records into a bounded one until the wall-clock limit, kills what is left, and judges the
-records (their format is the interface written in child.py's docstring) into one ExecResult.
+records (their format is the interface written in child.py's docstring) into one ExecResult. It takes
+the record kinds from runner.py and never imports child.py, which is only ever run as a script.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import tempfile
 import time
 from dataclasses import asdict
 
-from riselm.verify.sandbox import ExecResult, Isolation, Limits, SandboxError, child
+from riselm.verify.sandbox import ExecResult, Isolation, Limits, SandboxError, runner
 
 _TAIL_BYTES = 4096  # output kept from the end when the middle is dropped
 _RECORDS_LIMIT = 1 << 16  # bytes of result records read from the result pipe; the rest is ignored
+CHILD_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")  # run, never imported
 
 
 def run(source: str, limits: Limits) -> ExecResult:
@@ -32,7 +34,7 @@ def run(source: str, limits: Limits) -> ExecResult:
     started = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="riselm-sandbox-")
     try:
-        with open(os.path.join(workdir, child.PROGRAM_FILE), "w", encoding="utf-8") as f:
+        with open(os.path.join(workdir, runner.PROGRAM_FILE), "w", encoding="utf-8") as f:
             f.write(source)
         token = os.urandom(16).hex()
         output, records, timed_out = _launch(workdir, token, limits)
@@ -53,7 +55,7 @@ def _launch(workdir: str, token: str, limits: Limits) -> tuple[str, list[dict], 
     }
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", "-X", "utf8", os.path.abspath(child.__file__), json.dumps(config)],
+            [sys.executable, "-I", "-S", "-B", "-X", "utf8", CHILD_SCRIPT, json.dumps(config)],
             cwd=workdir,
             env=_scrubbed_env(workdir),
             stdin=subprocess.PIPE,
@@ -151,22 +153,22 @@ def _judge(
 ) -> ExecResult:
     """Turn what the sandbox reported into one status and reason."""
     first = records[0].get("kind") if records else None  # the first was written before the program ran
-    if first == child.SETUP_ERROR:
+    if first == runner.SETUP_ERROR:
         raise SandboxError(f"sandbox setup failed: {records[0].get('message')}")
     isolation = None
-    if first == child.ISOLATION:
+    if first == runner.ISOLATION:
         isolation = Isolation(**{k: str(records[0].get(k)) for k in Isolation.__dataclass_fields__})
 
     def result(status: str, reason: str) -> ExecResult:
-        return ExecResult(status, reason[:child.REASON_CHARS], output, duration, isolation)
+        return ExecResult(status, reason[:runner.REASON_CHARS], output, duration, isolation)
 
-    verdicts = [r for r in records if r.get("kind") == child.VERDICT]
+    verdicts = [r for r in records if r.get("kind") == runner.VERDICT]
     if any(v.get("status") == "passed" and v.get("token") == token for v in verdicts):
         return result("passed", "")
     if timed_out:
         return result("timeout", f"wall-clock limit of {limits.wall_seconds:g} s exceeded")
     failures = [v for v in verdicts if v.get("status") in ("failed", "error")]
-    exits = [r for r in records if r.get("kind") == child.EXIT]
+    exits = [r for r in records if r.get("kind") == runner.EXIT]
     end = exits[-1] if exits else None
     if end and end.get("process_limit"):
         return result("error", f"process limit of {limits.max_processes} exceeded (all its processes were killed)")

@@ -2,17 +2,19 @@
 
 The caller (caller.py) starts it as `python -I -S -B -X utf8 child.py CONFIG`: no site, no user or
 environment paths, so nothing of the caller's packages or start-up hooks runs next to the program.
-It therefore imports only the standard library, never riselm (a test checks it).
+It therefore imports only the standard library and its sibling runner.py, never riselm (a test
+checks both files). It is only ever run as a script: the caller imports runner.py, not this file.
 
 How a run is built (one launch = three processes):
 
     riselm ──Popen──> supervisor ──fork──> init (pid 1 of the new namespaces) ──fork──> program
 
-The supervisor (`_supervise`) enters new user, mount, PID and network namespaces when the machine
-allows it; init (`_init`) sets up the file system, drops every capability and reaps; the program
-process (`_program_process`) applies the resource limits and executes the source. Without
-namespaces the supervisor itself forks the program and reaps it as a child subreaper. What each
-isolation level guarantees is written in the package's docstring (riselm/verify/sandbox/__init__.py).
+This file holds the first two: the supervisor (`_supervise`) enters new user, mount, PID and
+network namespaces when the machine allows it; init (`_init`) sets up the file system, drops every
+capability and reaps. The program process (`program_process`, in runner.py) applies the resource
+limits and executes the source. Without namespaces the supervisor itself forks the program and reaps
+it as a child subreaper. What each isolation level guarantees is written in the package's docstring
+(riselm/verify/sandbox/__init__.py).
 
 The interface with the caller:
 
@@ -25,7 +27,8 @@ The interface with the caller:
     extra_path  directories appended to the program's sys.path (the caller's site-packages)
 * stdin: the caller's random token, then end of file (the program gets an empty stdin instead).
 * stdout, with stderr joined to it: the program's output, passed through untouched.
-* the result pipe: JSON records, one a line; `kind` says which (constants below):
+* the result pipe: JSON records, one a line; `kind` says which (the constants in runner.py, which
+  the caller imports too, as it does PROGRAM_FILE and REASON_CHARS):
     isolation    supervisor/init: network, processes, filesystem, process_limit (the Isolation
                  fields: what is in force), written before the program starts
     setup-error  supervisor/init: message; the sandbox could not be set up (as the first record,
@@ -41,7 +44,6 @@ The interface with the caller:
 
 from __future__ import annotations
 
-import builtins
 import ctypes
 import json
 import os
@@ -50,15 +52,35 @@ import select
 import signal
 import sys
 import time
-import types
 
-PROGRAM_FILE = "program.py"  # the source's name in its working directory (and in tracebacks)
-REASON_CHARS = 300  # reasons are short: they go into Score.feedback and retry messages
-ISOLATION, SETUP_ERROR, VERDICT, EXIT = "isolation", "setup-error", "verdict", "exit"  # record kinds
+# `-I` leaves this script's folder off sys.path: put it there just long enough to import the sibling
+# by its plain name (as riselm.verify.sandbox.runner it would run the package's __init__, which is not
+# stdlib-only). This lets the untrusted program import nothing new: the folder holds only the
+# sandbox's own modules, it is taken off sys.path again at once and runner is dropped from
+# sys.modules, so the program's imports resolve as before; and runner itself is stdlib-only code that
+# already runs in the program's own process.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+try:
+    from runner import (  # noqa: E402
+        EXIT,
+        ISOLATION,
+        PR_SET_PDEATHSIG,
+        SETUP_ERROR,
+        all_pids,
+        check,
+        give_up,
+        libc,
+        prctl,
+        program_process,
+        write_record,
+    )
+finally:
+    sys.path.remove(_HERE)
+    sys.modules.pop("runner", None)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.syscall.restype = ctypes.c_long
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x4, 0x8, 0x4000, 1 << 18
@@ -66,26 +88,15 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, MOVE_MOUNT_F_EMPTY_PATH = 0x1, os.O_CLOEXEC, 0x4
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on x86_64 and arm64
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 24, 36, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _WATCHDOG_PERIOD = 0.01  # seconds between process counts in the PID namespace
 _DEVICES = ("null", "zero", "full", "random", "urandom")
 
 
-def _check(result: int, what: str) -> int:
-    if result == -1:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-    return result
-
-
 def _syscall(number: int, *args, what: str) -> int:
     converted = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return _check(_libc.syscall(ctypes.c_long(number), *converted), what)
-
-
-def _prctl(option: int, value: int, what: str) -> None:
-    _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), what)
+    return check(libc.syscall(ctypes.c_long(number), *converted), what)
 
 
 def _supervise(config: dict) -> None:
@@ -94,7 +105,7 @@ def _supervise(config: dict) -> None:
     try:
         # Die with the caller. Popen is called from the pool thread that waits for us, so that
         # thread (PDEATHSIG's "parent") outlives the run.
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "prctl(PDEATHSIG)")
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "prctl(PDEATHSIG)")
         if os.getppid() != config["caller_pid"]:
             os._exit(1)
         if not (config["limits"]["use_namespaces"] and _enter_namespaces()):
@@ -103,7 +114,7 @@ def _supervise(config: dict) -> None:
         if pid == 0:
             _init(config)  # never returns
     except Exception as e:
-        _give_up(result_fd, _setup_error(e))
+        give_up(result_fd, _setup_error(e))
     _, status = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
@@ -112,8 +123,8 @@ def _enter_namespaces() -> bool:
     """Unshare user+mount+PID+network namespaces (as root, where user namespaces are disabled, the
     other three do as well); False when impossible."""
     uid, gid = os.getuid(), os.getgid()
-    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET) == -1:
-        return uid == 0 and _libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET) == 0
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET) == -1:
+        return uid == 0 and libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET) == 0
     # Map our own uid/gid onto themselves: files keep their owners, nothing else is mapped.
     for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
         with open(f"/proc/self/{path}", "w") as f:
@@ -124,7 +135,7 @@ def _enter_namespaces() -> bool:
 def _init(config: dict) -> None:
     """PID 1 of the new namespaces: build the file system view, drop privileges, run and reap."""
     try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "prctl(PDEATHSIG)")  # supervisor killed => all die
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "prctl(PDEATHSIG)")  # supervisor killed => all die
         filesystem, private_proc = _isolate_filesystem(config["workdir"], config["limits"]["tmpfs_mb"])
         _drop_capabilities()
         isolation = {
@@ -134,7 +145,7 @@ def _init(config: dict) -> None:
             "process_limit": "per-sandbox" if private_proc else "none",  # enforced by _wait_for's count
         }
     except Exception as e:
-        _give_up(config["result_fd"], _setup_error(e))
+        give_up(config["result_fd"], _setup_error(e))
     _reap(config, isolation, in_namespace=True)
 
 
@@ -143,7 +154,7 @@ def _isolate_filesystem(workdir: str, tmpfs_mb: int) -> tuple[str, bool]:
 
     Returns 'read-only' or 'permissions' (the kernel lacks mount_setattr: only /proc is replaced),
     and whether /proc is a procfs of our own PID namespace."""
-    _check(_libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount(private)")  # no leaks to host
+    check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount(private)")  # no leaks to host
     try:  # detached copies of what stays writable or usable, taken before everything turns read-only
         workdir_tree = _clone_tree(workdir)
         devices = {name: _clone_tree(f"/dev/{name}") for name in _DEVICES if os.path.exists(f"/dev/{name}")}
@@ -181,7 +192,7 @@ def _attach_tree(tree: int, path: str) -> None:
 
 def _mount_tmpfs(path: str, flags: int, size_mb: int, mode: int) -> None:
     options = f"size={size_mb}m,mode={mode:o}".encode()
-    _check(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", flags, options), f"mount(tmpfs on {path})")
+    check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", flags, options), f"mount(tmpfs on {path})")
 
 
 def _mount_setattr(path: str, attributes: int, recursive: bool) -> None:
@@ -195,22 +206,22 @@ def _mount_proc() -> bool:
     """A procfs of the new PID namespace (True), or where that is refused (a host /proc with masked
     parts) an empty tmpfs (False): either way host processes and their environments are invisible."""
     flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
-    if _libc.mount(b"proc", b"/proc", b"proc", flags, None) == 0:
+    if libc.mount(b"proc", b"/proc", b"proc", flags, None) == 0:
         return True
-    _check(_libc.mount(b"tmpfs", b"/proc", b"tmpfs", flags, b"size=4k"), "mount(/proc)")
+    check(libc.mount(b"tmpfs", b"/proc", b"tmpfs", flags, b"size=4k"), "mount(/proc)")
     return False
 
 
 def _drop_capabilities() -> None:
     """No capabilities now or after any exec (empty bounding set, no_new_privs)."""
-    _prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(NO_NEW_PRIVS)")
+    prctl(PR_SET_NO_NEW_PRIVS, 1, "prctl(NO_NEW_PRIVS)")
     cap = 0
-    while _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) == 0:  # EINVAL past the last cap
+    while libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) == 0:  # EINVAL past the last cap
         cap += 1
-    _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
     data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2 words): all empty
-    _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
+    check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
 def _fallback_isolation() -> dict:
@@ -227,11 +238,11 @@ def _reap(config: dict, isolation: dict, in_namespace: bool) -> None:
     result_fd = config["result_fd"]
     if not in_namespace:
         _drop_capabilities_if_root()
-        _prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(CHILD_SUBREAPER)")  # orphans come back to us
-    _write_record(result_fd, {"kind": ISOLATION, **isolation})
+        prctl(PR_SET_CHILD_SUBREAPER, 1, "prctl(CHILD_SUBREAPER)")  # orphans come back to us
+    write_record(result_fd, {"kind": ISOLATION, **isolation})
     program = os.fork()
     if program == 0:
-        _program_process(config, isolation, in_namespace)  # never returns
+        program_process(config, isolation, in_namespace)  # never returns
     # The kernel exempts uid 0 from RLIMIT_NPROC (even in a user namespace), so in our own PID
     # namespace we count the processes ourselves and kill them all when the program exceeds its budget.
     watchdog_limit = config["limits"]["max_processes"] if in_namespace and isolation["process_limit"] != "none" else None
@@ -244,7 +255,7 @@ def _reap(config: dict, isolation: dict, in_namespace: bool) -> None:
     end["process_limit"] = over_limit
     if not in_namespace:
         _kill_children()
-    _write_record(result_fd, end)
+    write_record(result_fd, end)
     os._exit(0)  # as PID 1: the kernel now kills whatever the program left behind
 
 
@@ -264,7 +275,7 @@ def _wait_for(program: int, watchdog_limit: int | None) -> tuple[int, resource.s
                     return status, usage, over_limit
                 if pid == 0:
                     break
-            if watchdog_limit is not None and not over_limit and len(_all_pids()) - 1 > watchdog_limit:
+            if watchdog_limit is not None and not over_limit and len(all_pids()) - 1 > watchdog_limit:
                 over_limit = True
                 os.kill(-1, signal.SIGKILL)
     finally:
@@ -283,7 +294,7 @@ def _kill_children() -> None:
     """Fallback cleanup: SIGKILL our remaining children (orphans reparented to us) until none is left."""
     me = str(os.getpid())
     while True:
-        children = [pid for pid in _all_pids() if _parent_of(pid) == me]
+        children = [pid for pid in all_pids() if _parent_of(pid) == me]
         if not children:
             return
         for pid in children:
@@ -300,10 +311,6 @@ def _kill_children() -> None:
                 break
 
 
-def _all_pids() -> list[str]:
-    return [name for name in os.listdir("/proc") if name.isdigit()]
-
-
 def _parent_of(pid: str) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -312,167 +319,8 @@ def _parent_of(pid: str) -> str | None:
         return None
 
 
-def _program_process(config: dict, isolation: dict, in_namespace: bool) -> None:
-    """The process that runs the untrusted source."""
-    try:
-        if in_namespace:
-            os.setsid()  # kill(0, ...) or killpg from the program reaches only its own session
-        else:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "prctl(PDEATHSIG)")
-        token_fd = _park_stdin()
-        _set_limits(config["limits"], isolation["process_limit"])
-        if isolation["network"] == "socket-guard":
-            _install_socket_guard()
-        sys.path.extend(config["extra_path"])
-    except Exception as e:
-        _give_up(config["result_fd"], _verdict("error", f"sandbox: {e}"))
-    _run_source(PROGRAM_FILE, token_fd, config["result_fd"])
-
-
-def _park_stdin() -> int:
-    """Move stdin (holding the caller's token) to a spare descriptor; the program gets an empty stdin."""
-    token_fd = os.dup(0)
-    empty_r, empty_w = os.pipe()
-    os.close(empty_w)
-    os.dup2(empty_r, 0)
-    os.close(empty_r)
-    return token_fd
-
-
-def _set_limits(limits: dict, process_limit: str) -> None:
-    mib = 1024 * 1024
-    wanted = {
-        resource.RLIMIT_CPU: limits["cpu_seconds"],
-        resource.RLIMIT_AS: limits["memory_mb"] * mib,
-        resource.RLIMIT_FSIZE: limits["file_size_mb"] * mib,
-        resource.RLIMIT_NOFILE: limits["max_open_files"],
-        resource.RLIMIT_CORE: 0,
-    }
-    if process_limit == "per-user":  # counted over all the user's tasks: allow the budget on top
-        wanted[resource.RLIMIT_NPROC] = _user_task_count() + limits["max_processes"]
-    for kind, value in wanted.items():
-        _, hard = resource.getrlimit(kind)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        # CPU: SIGXCPU at the limit (a clear "timeout"), SIGKILL a second later if it is caught.
-        extra = 1 if kind == resource.RLIMIT_CPU and (hard == resource.RLIM_INFINITY or value < hard) else 0
-        resource.setrlimit(kind, (value, value + extra))
-
-
-def _user_task_count() -> int:
-    uid, count = os.getuid(), 0
-    for pid in _all_pids():
-        try:
-            if os.stat(f"/proc/{pid}").st_uid == uid:
-                count += len(os.listdir(f"/proc/{pid}/task"))
-        except OSError:
-            pass
-    return count
-
-
-def _install_socket_guard() -> None:
-    """Best-effort network block for machines without network namespaces."""
-    import socket
-
-    class GuardedSocket(socket.socket):
-        def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
-            if fileno is None and family in (-1, socket.AF_INET, socket.AF_INET6):
-                raise PermissionError("network access is disabled in the sandbox")
-            super().__init__(family, type, proto, fileno)
-
-    socket.socket = GuardedSocket
-
-
-def _run_source(path: str, token_fd: int, result_fd: int) -> None:
-    """Execute the program; report a verdict that holds the token only if it all ran."""
-    # Keep our own references: the program may rebind os.read, json.dumps and the like.
-    read, write, exit_now, dumps = os.read, os.write, os._exit, json.dumps
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
-    # Named "program", not "__main__", as the HumanEval harness does: an answer's demo block under
-    # `if __name__ == "__main__":` (examples, input(), unittest.main()) is skipped, its tests are not.
-    main = types.ModuleType("program")
-    main.__file__ = path
-    main.__builtins__ = builtins
-    sys.modules["program"] = main  # so that pickle (and multiprocessing) find what it defines
-    sys.argv = [path]
-    try:
-        exec(compile(source, path, "exec"), main.__dict__)
-        _flush()
-        verdict = {"kind": VERDICT, "status": "passed", "token": read(token_fd, 64).decode()}
-    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the tests did not finish
-        try:  # as Python would print it, without the runner's own frame
-            import traceback  # only on failure: a passing run need not pay for its import
-
-            traceback.print_exception(type(exc), exc, _program_frames(exc.__traceback__, path))
-        except BaseException:
-            pass
-        _flush()
-        verdict = _describe_failure(exc, source, path)
-    try:
-        write(result_fd, (dumps(verdict) + "\n").encode())
-    finally:
-        exit_now(0)  # no atexit handlers or lingering threads after the verdict
-
-
-def _program_frames(tb: types.TracebackType | None, path: str) -> types.TracebackType | None:
-    while tb is not None and tb.tb_frame.f_code.co_filename != path:
-        tb = tb.tb_next
-    return tb
-
-
-def _describe_failure(exc: BaseException, source: str, path: str) -> dict:
-    if isinstance(exc, SystemExit):
-        return _verdict("error", f"the program called exit({exc.code!r}) before its tests finished")
-    if isinstance(exc, SyntaxError) and exc.filename == path:
-        return _verdict("error", f"SyntaxError: {exc.msg} (line {exc.lineno})")
-    line_number = None
-    tb = exc.__traceback__
-    while tb is not None:  # the deepest frame that is in the program itself
-        if tb.tb_frame.f_code.co_filename == path:
-            line_number = tb.tb_lineno
-        tb = tb.tb_next
-    where = ""
-    if line_number is not None:
-        lines = source.splitlines()
-        text = lines[line_number - 1].strip() if 0 < line_number <= len(lines) else ""
-        where = f" at line {line_number}: {text}"
-    try:
-        message = str(exc)
-    except BaseException:
-        message = ""
-    status = "failed" if isinstance(exc, AssertionError) else "error"
-    reason = f"{type(exc).__name__}{where}" + (f" ({message})" if message else "")
-    return _verdict(status, reason[:REASON_CHARS])
-
-
-def _flush() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            pass
-
-
 def _setup_error(exc: Exception) -> dict:
     return {"kind": SETUP_ERROR, "message": f"{type(exc).__name__}: {exc}"}
-
-
-def _verdict(status: str, reason: str) -> dict:
-    return {"kind": VERDICT, "status": status, "reason": reason}
-
-
-def _write_record(fd: int, record: dict) -> None:
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    except OSError:
-        pass
-
-
-def _give_up(fd: int, record: dict) -> None:
-    """Report why the sandbox could not go on, and exit (70: EX_SOFTWARE) without cleanup."""
-    _write_record(fd, record)
-    os._exit(70)
 
 
 if __name__ == "__main__":
