@@ -147,7 +147,7 @@ def eval_command(
 ) -> None:
     """Multi-turn evaluation: episodes, metrics.json, report.md and accuracy.png in --out."""
     from riselm.evaluation.evaluate import evaluate
-    from riselm.pipeline import build
+    from riselm.generators import build
     from riselm.settings import TaskSettings
     from riselm.tasks import get_task
 
@@ -194,7 +194,7 @@ def collect_command(
     """RISE data collection: on-policy turns, then best-of-N from the learner or an expert after each wrong turn."""
     from riselm.config import parse_schedule
     from riselm.evaluation.metrics import sequential_metrics
-    from riselm.pipeline import build
+    from riselm.generators import build
     from riselm.rollout.collect import collect
     from riselm.settings import TaskSettings
     from riselm.tasks import get_task

@@ -1,20 +1,23 @@
-"""`riselm run`: boost -> iteration 1 -> iteration 2 ..., one resumable command.
+"""`riselm run`: boost -> iteration 1 -> iteration 2 ... (or online RL), one resumable command.
 
-Each iteration reads top to bottom: collect -> build samples -> train -> evaluate. Every stage
-writes into its own folder of the run directory and is skipped when its output is complete, so
-running the same command again after a crash continues where it stopped (collection and evaluation
-resume inside their episodes files, training from its last complete checkpoint).
+Each iteration reads top to bottom: collect -> build samples -> train -> evaluate; the method
+(`RunSettings.method`) decides which samples are built (RISE's, its success-only ablation, or the
+single-turn baselines), and `method: online` replaces the iterations by online RL
+(riselm.online.loop). Every stage writes into its own folder of the run directory and is skipped
+when its output is complete, so running the same command again after a crash continues where it
+stopped (collection and evaluation resume inside their episodes files, training from its last
+complete checkpoint). In a distributed run every process runs these same calls (riselm.distributed).
 
     out/
       config.yaml           the validated config of the run
       boost/                samples.jsonl, train/ (checkpoints, final model), eval/
       iter1/                collect/episodes.jsonl, samples.jsonl, train/, eval/
+      online/               method online: metrics.jsonl, curves.png, eval-step{N}/, final/, eval/
       summary.json|md|png   the paper's Table 1 across stages, with per-turn curves
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,12 +27,13 @@ import yaml
 from riselm import distributed
 from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
-from riselm.generation.base import GenerationStats, Generator
+from riselm.generation.base import Generator
+from riselm.generators import Learner, build
 from riselm.jsonl import write_jsonl, write_text_atomic
 from riselm.progress import timed
 from riselm.rollout.collect import collect
 from riselm.rollout.episode import Episode, read_episodes
-from riselm.settings import GeneratorSettings, RunSettings, TrainSettings
+from riselm.settings import RunSettings, TrainSettings
 from riselm.summary import StageResult, write_summary
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
@@ -284,76 +288,3 @@ def _has_gpu() -> bool:
 def data_iterations(settings: RunSettings, k: int) -> list[int]:
     """The iterations whose collected data train iteration k."""
     return list(range(1, k + 1)) if settings.aggregate else [k]
-
-
-def build(settings: GeneratorSettings, model: str) -> Generator:
-    """A generator for `model` on the backend of `settings` (an HF model on this process's GPU in a distributed run)."""
-    from riselm.generation import build_generator
-
-    options = dict(settings.options)
-    current = distributed.world()
-    if settings.backend == "hf" and current.size > 1 and "device" not in options:
-        import torch
-
-        if torch.cuda.is_available():
-            options["device"] = f"cuda:{current.local_rank}"
-    return build_generator(
-        model, backend=settings.backend, base_url=settings.base_url, api_key_env=settings.api_key_env,
-        batch_size=settings.batch_size, **options,
-    )
-
-
-class Learner:
-    """The learner's generator across stages, built when it is first asked to generate.
-
-    `at(model)` points it at a model. The engine is kept while it serves the same model (a stage's
-    evaluation and the next iteration's collection), moved to another checkpoint with the backend's
-    `reload` where it has one (vLLM: adapters without a restart), and closed before training.
-    """
-
-    def __init__(self, settings: GeneratorSettings):
-        self.settings = settings
-        self._generator: Generator | None = None
-        self._serving: str | None = None  # the model the generator holds
-        self._wanted: str | None = None  # the model the next generation is for
-        self.stats = GenerationStats()  # over every generator it has held
-
-    def at(self, model: str) -> "Learner":
-        self._wanted = model
-        return self
-
-    @property
-    def name(self) -> str:
-        return self._wanted or ""
-
-    def generate(self, conversations, params, seeds=None):
-        start = time.perf_counter()
-        results = self._ready().generate(conversations, params, seeds=seeds)
-        self.stats.calls += 1
-        self.stats.prompts += len(conversations)
-        self.stats.completions += sum(map(len, results))
-        self.stats.generated_tokens += sum(c.num_tokens for completions in results for c in completions)
-        self.stats.seconds += time.perf_counter() - start
-        return results
-
-    def _ready(self) -> Generator:
-        if self._generator is not None and self._serving != self._wanted:
-            if hasattr(self._generator, "reload"):
-                self._generator.reload(self._wanted)
-                self._serving = self._wanted
-            else:
-                self.close()
-        if self._generator is None:
-            self._generator, self._serving = build(self.settings, self._wanted), self._wanted
-        return self._generator
-
-    def close(self) -> None:
-        generator, self._generator, self._serving = self._generator, None, None
-        if generator is not None:
-            generator.close()
-
-    def __enter__(self) -> "Learner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

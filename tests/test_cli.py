@@ -96,3 +96,14 @@ def test_collect_then_train(tmp_path, tiny_model_dir):
 def test_collect_schedule_naming_an_undefined_model_fails(tmp_path, tiny_model_dir):
     result = invoke("collect", "--model", tiny_model_dir, "--task", "arithmetic", "--schedule", "learner:1,teacher:4", "--out", tmp_path)
     assert result.exit_code == 2 and "teacher" in result.output
+
+
+def test_eval_with_self_refine_records_the_reviews(tmp_path, tiny_model_dir):
+    out = tmp_path / "sr"
+    result = invoke(
+        "eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 2, "--turns", 2, "--parallel", 0,
+        "--feedback", "self_refine", "--max-new-tokens", 6, "--out", out, "--task-option", "test_size=4", "--task-option", "train_size=4",
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "episodes.sequential.jsonl").read_text().splitlines()]
+    assert all(r["turns"][0]["critique_request"] and r["turns"][0]["feedback"].startswith("Using your review") for r in rows)

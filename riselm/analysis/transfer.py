@@ -74,7 +74,7 @@ def transfer(
     (a task's own options win).
     """
     from riselm.evaluation.evaluate import evaluate
-    from riselm.pipeline import Learner
+    from riselm.generators import Learner
 
     run = read_run(run_dir)
     specs = [TaskSpec.parse(t) if isinstance(t, str) else t for t in tasks]

@@ -1,15 +1,12 @@
 """Generation through any OpenAI-compatible chat completions server (OpenAI, vLLM serve, llama.cpp, ...).
 
-Requests run in a bounded thread pool. Connection errors, timeouts, 429 and 5xx answers are retried
-with exponential backoff and jitter. A request gives up `max_wait_s` of wall time after its first
-try at the latest, the time spent inside failed attempts included (each attempt waits at most
-`min(timeout, time left)`), or after `max_retries` retries; the call then raises `BackendUnavailable`
-with a one-line message naming the server, what went wrong (e.g. "stopped answering (connection
-refused) after answering 500: <its last error>"), the attempts and the wall time they took. The
-first request to give up stops the call: the others stop retrying and the call does not wait for
-them. Servers that ignore `n` (fewer choices than asked) get the missing samples as separate
-single-sample requests, from then on for every call. `check()` tells whether a server is up and
-accepts the model name before any work (see its docstring).
+Requests run in a bounded thread pool, each retried on transient failures within `max_retries` and
+`max_wait_s` (the policy and the one-line error messages are in `riselm.generation.retries`); a
+request that gives up makes the call raise `BackendUnavailable`. The first request to give up stops
+the call: the others stop retrying and the call does not wait for them. Servers that ignore `n`
+(fewer choices than asked) get the missing samples as separate single-sample requests, from then on
+for every call. `check()` tells whether a server is up and accepts the model name before any work
+(see its docstring).
 
 Seeds: request i sends `seed: seeds[i]` (its n samples are the server's business; vLLM gives them
 seeds[i], seeds[i]+1, ...). When the server ignores `n`, sample 0 keeps the seed seeds[i] and sample
@@ -20,10 +17,7 @@ known. `send_seed=False` never sends a seed (vLLM's CPU build crashes serving se
 
 from __future__ import annotations
 
-import json
 import os
-import random
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +26,7 @@ from dataclasses import dataclass
 
 from riselm.generation.base import SEED_LIMIT, Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
 from riselm.generation.errors import BackendUnavailable
+from riselm.generation.retries import ServerRecord, describe, one_line, shorten, with_retries
 
 
 @dataclass(frozen=True)
@@ -97,10 +92,7 @@ class OpenAIGenerator:
         self._n_supported = True  # becomes False once the server returns fewer choices than `n`
         self._stats_lock = threading.Lock()
         self._closed = False
-        # What the server last did, for error messages: whether it ever answered, and the error
-        # status it last answered with (None once it answers successfully again).
-        self._answered = False
-        self._last_error_answer: Exception | None = None
+        self._record = ServerRecord()  # what the server last did, for error messages
 
     def generate(
         self, conversations: Sequence[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
@@ -164,8 +156,8 @@ class OpenAIGenerator:
 
         def failed(reason: str) -> BackendUnavailable:
             return BackendUnavailable(
-                _one_line(f"the server at {self.base_url} failed the check for model {self.model!r}: {reason} "
-                          f"(checked in {time.monotonic() - started:.1f} s, timeout_s={timeout_s:g})")
+                one_line(f"the server at {self.base_url} failed the check for model {self.model!r}: {reason} "
+                         f"(checked in {time.monotonic() - started:.1f} s, timeout_s={timeout_s:g})")
             )
 
         def time_left() -> float:
@@ -180,14 +172,14 @@ class OpenAIGenerator:
             listed = [str(model.id) for model in page.data]
         except APIStatusError as error:
             if error.status_code not in (404, 405, 501):  # 404/405/501: /models is not served
-                raise failed(f"GET /models: {_describe(error)}") from error
+                raise failed(f"GET /models: {describe(error)}") from error
         except OpenAIError as error:  # connection refused, timed out, ...
-            raise failed(f"GET /models: {_describe(error)}") from error
+            raise failed(f"GET /models: {describe(error)}") from error
         except (AttributeError, TypeError, ValueError):  # a 200 answer that is no model list
             pass
         if listed is not None and self.model in listed:
             return
-        not_listed = "" if listed is None else f"; /models lists only {_shorten(', '.join(listed) or 'nothing', 120)}"
+        not_listed = "" if listed is None else f"; /models lists only {shorten(', '.join(listed) or 'nothing', 120)}"
         try:
             self.client.chat.completions.create(
                 model=self.model,
@@ -198,9 +190,9 @@ class OpenAIGenerator:
             )
         except APIStatusError as error:
             refused = "refused the model name" if error.status_code in (400, 404, 422) else "failed"
-            raise failed(f"a one-token completion {refused}: {_describe(error)}{not_listed}") from error
+            raise failed(f"a one-token completion {refused}: {describe(error)}{not_listed}") from error
         except OpenAIError as error:
-            raise failed(f"a one-token completion: {_describe(error)}{not_listed}") from error
+            raise failed(f"a one-token completion: {describe(error)}{not_listed}") from error
 
     def close(self) -> None:
         """Close the HTTP client's connections; generating afterwards is an error."""
@@ -240,11 +232,17 @@ class OpenAIGenerator:
             options["seed"] = request.seed
         if params.stop:
             options["stop"] = list(params.stop)
-        response = self._with_retries(
+        response = with_retries(
             lambda timeout: self.client.chat.completions.create(
                 model=self.model, messages=list(conversation), timeout=timeout, **options
             ),
-            abort,
+            server=self.base_url,
+            record=self._record,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            max_wait_s=self.max_wait_s,
+            backoff_s=self.backoff_s,
+            abort=abort,
         )
         usage = getattr(response, "usage", None)
         total_tokens = getattr(usage, "completion_tokens", None) or 0
@@ -259,154 +257,3 @@ class OpenAIGenerator:
             )
             for choice in response.choices
         ]
-
-    def _with_retries(self, call, abort: threading.Event | None = None):
-        """`call(timeout)`, retried on transient failures with exponential backoff and full jitter.
-
-        Gives up `max_wait_s` of wall time after the first try at the latest: each attempt gets at most
-        the time left, and no retry starts (nor any backoff is slept) past that point.
-        """
-        from openai import APIStatusError
-
-        abort = abort or threading.Event()
-        if abort.is_set():
-            raise _Aborted()
-        started = time.monotonic()
-        deadline = started + self.max_wait_s
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                response = call(max(min(self.timeout, deadline - time.monotonic()), 0.001))
-            except Exception as error:
-                if isinstance(error, APIStatusError):
-                    self._answered = True
-                    if _is_transient(error):
-                        self._last_error_answer = error
-                if not _is_transient(error):
-                    raise
-                last_error = error
-            else:
-                self._answered = True
-                self._last_error_answer = None
-                return response
-            if abort.is_set():
-                raise _Aborted() from last_error
-            delay = self.backoff_s * 2 ** (attempts - 1) * random.random()
-            asked = _retry_after_s(last_error)
-            left = deadline - time.monotonic()
-            if attempts > self.max_retries:
-                limit = f"max_retries={self.max_retries} reached"
-            elif left <= 0:
-                limit = f"max_wait_s={self.max_wait_s:g} reached"
-            elif asked >= left:
-                limit = f"the server asked to wait {asked:g} s, past max_wait_s={self.max_wait_s:g}"
-            elif delay >= left:
-                limit = f"the next backoff of {delay:.1f} s would pass max_wait_s={self.max_wait_s:g}"
-            else:
-                if abort.wait(max(delay, asked)):
-                    raise _Aborted() from last_error
-                continue
-            raise BackendUnavailable(
-                _one_line(f"the server at {self.base_url} {self._what_happened(last_error)}; gave up after "
-                          f"{attempts} attempt{'s' * (attempts != 1)} in {time.monotonic() - started:.1f} s ({limit})")
-            ) from last_error
-
-    def _what_happened(self, error: Exception) -> str:
-        """How the server failed, e.g. "stopped answering (connection refused) after answering 500: ..."."""
-        from openai import APIStatusError
-
-        if isinstance(error, APIStatusError):
-            return f"keeps failing ({_describe(error)})"
-        earlier = self._last_error_answer
-        if earlier is not None:
-            answer = _describe(earlier).replace("answered", "answering", 1)
-            return f"stopped answering ({_describe(error)}) after {answer}"
-        if self._answered:
-            return f"stopped answering ({_describe(error)})"
-        return f"is not answering ({_describe(error)})"
-
-
-class _Aborted(Exception):
-    """A request stopped because another request of the same call failed (never reaches the caller)."""
-
-
-def _is_transient(error: Exception) -> bool:
-    """Connection problems, timeouts, rate limits and server errors: worth another try."""
-    from openai import APIConnectionError, APIStatusError
-
-    if isinstance(error, APIConnectionError):  # includes timeouts
-        return True
-    return isinstance(error, APIStatusError) and (error.status_code == 429 or error.status_code >= 500)
-
-
-def _retry_after_s(error: Exception) -> float:
-    """The wait a 429/503 answer asks for in its Retry-After header (seconds form only), else 0."""
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else 0.0
-    except ValueError:
-        return 0.0
-
-
-def _describe(error: Exception) -> str:
-    """A short one-line account of an error of the OpenAI client.
-
-    "answered 500: <the error text of the body>", "connection refused", "connection reset",
-    "connection closed without an answer", "no answer in time (timed out)", ...
-    """
-    from openai import APIConnectionError, APIStatusError, APITimeoutError
-
-    if isinstance(error, APIStatusError):
-        text = _error_text(getattr(error, "body", None))
-        if not text:
-            try:
-                text = _error_text(error.response.text)
-            except Exception:  # a streamed or unreadable body
-                text = ""
-        return f"answered {error.status_code}" + (f": {_shorten(text)}" if text else "")
-    if isinstance(error, APITimeoutError):
-        return "no answer in time (timed out)"
-    if isinstance(error, APIConnectionError):
-        cause: BaseException | None = error
-        seen = 0
-        innermost = error
-        while cause is not None and seen < 10:
-            if isinstance(cause, ConnectionRefusedError):
-                return "connection refused"
-            if isinstance(cause, ConnectionResetError):
-                return "connection reset"
-            if isinstance(cause, ConnectionAbortedError | BrokenPipeError):
-                return "connection closed"
-            if "disconnected without sending a response" in str(cause):
-                return "connection closed without an answer"
-            innermost, cause, seen = cause, cause.__cause__ or cause.__context__, seen + 1
-        detail = str(innermost) or type(innermost).__name__
-        return _shorten(f"{type(innermost).__name__}: {detail}" if innermost is not error else detail)
-    return _shorten(f"{type(error).__name__}: {error}")
-
-
-def _error_text(body) -> str:
-    """The message of an error body: {"error": {"message": ...}}, {"message": ...}, {"detail": ...} or text."""
-    for _ in range(3):
-        if isinstance(body, dict):
-            inner = body.get("error", body.get("message", body.get("detail")))
-            if inner is None:
-                return json.dumps(body)
-            body = inner
-        else:
-            break
-    if body is None:
-        return ""
-    text = body if isinstance(body, str) else json.dumps(body)
-    return re.sub(r"<[^>]*>", " ", text)  # HTML error pages from proxies: keep their words
-
-
-def _shorten(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

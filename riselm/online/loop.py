@@ -94,6 +94,8 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
     monitor = Monitor(stage_dir, s.report_to, done, run.show_progress, s.steps)
     schedule = [Step(generator, n, source="learner") for n in s.candidates]
     try:
+        if _evaluates_at(s, done):  # killed during the evaluation after its checkpoint: finish it first
+            _evaluate_live(run, generator, stage_dir, done)
         for step in range(done, s.steps):
             number = step + 1
             timings: dict[str, float] = {}
@@ -114,11 +116,8 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
                 _sync(generator, model, tokenizer, stage_dir)
             if number % s.save_every == 0 and number < s.steps:
                 _save(stage_dir, number, model, tokenizer, updater)
-            if s.eval_every and number % s.eval_every == 0 and number < s.steps:
-                evaluate(
-                    run.task, generator, stage_dir / f"eval-step{number}", run.settings.eval, problems=run.eval_problems,
-                    seed=run.settings.seed, show_progress=False, title=f"online@{number}: {run.task.name}",
-                )
+            if _evaluates_at(s, number):
+                _evaluate_live(run, generator, stage_dir, number)
         partial = stage_dir / "final.partial"
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)
@@ -132,6 +131,18 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
     return str(final)
 
 
+def _evaluates_at(settings, number: int) -> bool:
+    """Whether the live policy is evaluated after step `number` (the final model is evaluated by the caller)."""
+    return bool(settings.eval_every) and 0 < number < settings.steps and number % settings.eval_every == 0
+
+
+def _evaluate_live(run, generator, stage_dir: Path, number: int) -> None:
+    evaluate(
+        run.task, generator, stage_dir / f"eval-step{number}", run.settings.eval, problems=run.eval_problems,
+        seed=run.settings.seed, show_progress=False, title=f"online@{number}: {run.task.name}",
+    )
+
+
 def _policy_generator(run, model, tokenizer, stage_dir: Path):
     """The live policy on the hf backend, or a vLLM engine synced every `sync_every` steps."""
     learner = run.settings.learner
@@ -141,7 +152,7 @@ def _policy_generator(run, model, tokenizer, stage_dir: Path):
         logger.info("online: generation uses the live weights (hf backend, in this process)")
         return HFGenerator(model, tokenizer, batch_size=learner.batch_size, name="policy")
     if learner.backend == "vllm":
-        from riselm.pipeline import build
+        from riselm.generators import build
 
         logger.warning(
             "online: the vLLM engine takes new weights by a restart every %d steps (online.sync_every); "

@@ -96,9 +96,11 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     steps = [row["step"] for row in rows]
     turns = sorted({int(k[5:]) for row in rows for k in row if k.startswith("acc@t")})
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for t in turns:
-        ax.plot(steps, [row.get(f"acc@t{t}") for row in rows], label=f"turn {t}", linewidth=1)
-    ax.plot(steps, [row.get("no_answer") for row in rows], "k:", label="no answer", linewidth=1)
+    for i, t in enumerate(turns):  # a step holds few episodes: each step faint, a moving mean over 10 drawn
+        values = [row.get(f"acc@t{t}") for row in rows]
+        ax.plot(steps, values, color=f"C{i}", linewidth=0.5, alpha=0.3)
+        ax.plot(steps, _moving_mean(values, 10), color=f"C{i}", linewidth=1.5, label=f"turn {t}")
+    ax.plot(steps, _moving_mean([row.get("no_answer") for row in rows], 10), "k:", label="no answer", linewidth=1)
     ax.set_xlabel("step")
     ax.set_ylabel("% of the step's episodes")
     ax.set_title("online RL: accuracy of each turn during training")
@@ -108,6 +110,15 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _moving_mean(values: Sequence[float | None], window: int) -> list[float | None]:
+    """The mean of each value with up to `window - 1` before it (missing values skipped)."""
+    out: list[float | None] = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
+        out.append(sum(recent) / len(recent) if recent else None)
+    return out
 
 
 def read_metrics(stage_dir: Path) -> list[dict[str, Any]]:

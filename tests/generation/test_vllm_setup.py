@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
-from riselm.generation import vllm as vllm_backend
+from riselm.generation import vllm_setup
 from riselm.generation.errors import BackendUnavailable
-from riselm.generation.vllm import CPU_ENVIRONMENT, VLLMGenerator, VLLMNotInstalled, engine_options, import_vllm
+from riselm.generation.vllm import VLLMGenerator
+from riselm.generation.vllm_setup import CPU_ENVIRONMENT, VLLMNotInstalled, engine_options, import_vllm
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_missing_vllm_says_how_to_install_it(no_vllm, tiny_model_dir):
 
 
 def test_cpu_environment_defaults_do_not_override_the_callers(no_vllm, monkeypatch):
-    monkeypatch.setattr(vllm_backend, "cuda_available", lambda: False)
+    monkeypatch.setattr(vllm_setup, "cuda_available", lambda: False)
     clear_cpu_environment(monkeypatch)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "8")
     with pytest.raises(VLLMNotInstalled):
@@ -46,7 +47,7 @@ def test_cpu_environment_defaults_do_not_override_the_callers(no_vllm, monkeypat
 
 
 def test_gpu_gets_no_cpu_environment(no_vllm, monkeypatch):
-    monkeypatch.setattr(vllm_backend, "cuda_available", lambda: True)
+    monkeypatch.setattr(vllm_setup, "cuda_available", lambda: True)
     clear_cpu_environment(monkeypatch)
     with pytest.raises(VLLMNotInstalled):
         import_vllm()
@@ -84,9 +85,9 @@ def test_gpu_keeps_vllm_defaults(tiny_model_dir):
 
 
 def test_lora_rank_rounding():
-    assert [vllm_backend._lora_rank_at_least(r) for r in (1, 2, 8, 9, 64, 300)] == [1, 8, 8, 16, 64, 320]
+    assert [vllm_setup._lora_rank_at_least(r) for r in (1, 2, 8, 9, 64, 300)] == [1, 8, 8, 16, 64, 320]
     with pytest.raises(ValueError, match="above vLLM's largest"):
-        vllm_backend._lora_rank_at_least(1024)
+        vllm_setup._lora_rank_at_least(1024)
 
 
 def test_adapter_without_a_base_model_asks_for_one(tmp_path):

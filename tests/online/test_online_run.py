@@ -34,6 +34,7 @@ TINY = [
     "eval.parallel_samples=2",
     "eval.sampling.max_new_tokens=10",
     "learner.batch_size=64",
+    "online.report_to=[tensorboard]",
 ]
 
 
@@ -70,6 +71,12 @@ def test_stages_monitoring_and_summary(finished):
     assert rows[0]["episodes"] == 3 * 2
     assert (out / "online" / "curves.png").exists() and (out / "online" / "eval-step2" / "metrics.json").exists()
     assert not list((out / "online").glob("checkpoint-*"))  # the final model is complete: resume points go
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "online" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("acc_at_t1")] == [1, 2, 3, 4]
+    assert {"kl", "entropy", "no_answer", "wrong_to_right", "tokens_per_s"} <= set(events.Tags()["scalars"])
 
 
 def test_a_killed_run_resumes_to_the_same_result(finished, tmp_path, monkeypatch):
@@ -97,3 +104,20 @@ def test_a_killed_run_resumes_to_the_same_result(finished, tmp_path, monkeypatch
     assert json.loads((tmp_path / "summary.json").read_text())["stages"][-1]["m1@t2"] == json.loads(
         (out / "summary.json").read_text()
     )["stages"][-1]["m1@t2"]
+
+
+def test_a_run_killed_during_an_evaluation_finishes_it_on_resume(tmp_path, monkeypatch):
+    from riselm.online import loop
+
+    original = loop._evaluate_live
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed during the evaluation after step 2")
+
+    monkeypatch.setattr(loop, "_evaluate_live", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path)
+    assert (tmp_path / "online" / "checkpoint-2").is_dir() and not (tmp_path / "online" / "eval-step2" / "metrics.json").exists()
+    monkeypatch.setattr(loop, "_evaluate_live", original)
+    stages = run(tmp_path)
+    assert [s.name for s in stages] == ["boost", "online@2", "online"]
