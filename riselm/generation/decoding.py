@@ -22,7 +22,9 @@ never touches the global generator.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import inspect
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -113,6 +115,17 @@ def new_cache(model, capacity: int) -> Cache:
     if all(kind == "full_attention" for kind in layer_types):
         return Cache(layers=[BufferedLayer(capacity) for _ in layer_types])
     return DynamicCache(config=model.config)
+
+
+def cache_argument(model) -> str:
+    """The name `forward` takes the KV cache under: transformers 5.2x renamed `past_key_values` to `cache`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model forwards **kwargs
+    return _cache_argument_of(type(base))
+
+
+@lru_cache(maxsize=None)
+def _cache_argument_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def next_tokens(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -228,6 +241,7 @@ def sample_batch(
     mask = mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = new_cache(model, width + max_new_tokens)
+    cache_name = cache_argument(model)
     if all(isinstance(layer, BufferedLayer) for layer in cache.layers):
         logits = _prefill_by_length(model, prompts, cache, width)
     else:
@@ -235,8 +249,8 @@ def sample_batch(
         for i, prompt in enumerate(prompts):
             input_ids[i, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
         logits = model(
-            input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
+            input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True,
+            logits_to_keep=1, **{cache_name: cache},
         ).logits[:, -1]
     # Every copy of a prompt starts from the same prefill: copy its cache rows instead of recomputing them.
     owner = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(list(copies), device=device))
@@ -273,8 +287,8 @@ def sample_batch(
             input_ids=chosen[:, None],
             attention_mask=mask,
             position_ids=next_position[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **{cache_name: cache},
         ).logits[:, -1]
         next_position = next_position + 1
     tokens = tokens.cpu()
@@ -294,7 +308,7 @@ def _prefill_by_length(model, prompts: Sequence[Sequence[int]], cache: Cache, wi
     for length, rows in by_length.items():
         group = DynamicCache()
         ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-        out = model(input_ids=ids, past_key_values=group, use_cache=True, logits_to_keep=1).logits[:, -1]
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_argument(model): group}).logits[:, -1]
         if logits is None:
             logits = out.new_empty((len(prompts), out.shape[-1]))
             for layer, computed in zip(cache.layers, group.layers):
