@@ -167,3 +167,18 @@ def test_seeded_sampling_leaves_the_global_generator_alone(model):
 def test_row_keys_must_match_the_rows(model):
     with pytest.raises(ValueError, match="3 row keys for 2 rows"):
         sampled(model, PROMPTS[:1], [2], [1, 2, 3])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_cache_goes_under_the_name_forward_takes(char_tokenizer, arch):
+    """transformers 5.2x renamed forward's `past_key_values` to `cache`: the old name only warns until it
+    is removed, so the loop must pass the name this version's forward declares (no deprecation warning)."""
+    import inspect
+    import warnings
+
+    model = chaotic_model(char_tokenizer, arch)
+    assert decoding.cache_argument(model) in inspect.signature(type(model).forward).parameters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        rows = sample_batch(model, [[1, 2, 3], [4, 5]], [2, 1], 4, Sampling(greedy=True), [0], pad_id=0)
+    assert [len(r) for r in rows] == [4, 4, 4]

@@ -121,3 +121,10 @@ def test_a_run_killed_during_an_evaluation_finishes_it_on_resume(tmp_path, monke
     monkeypatch.setattr(loop, "_evaluate_live", original)
     stages = run(tmp_path)
     assert [s.name for s in stages] == ["boost", "online@2", "online"]
+
+
+def test_the_curves_draw_a_moving_mean_that_skips_missing_values():
+    from riselm.online.monitor import _moving_mean
+
+    assert _moving_mean([10.0, None, 20.0, 30.0, 40.0], 3) == [10.0, 10.0, 15.0, 25.0, 30.0]
+    assert _moving_mean([None, None], 10) == [None, None]
