@@ -221,7 +221,7 @@ def collect_command(
     finally:
         for generator in generators.values():
             generator.close()
-    metrics = sequential_metrics(episodes, task_obj.same_answer)
+    metrics = sequential_metrics(episodes, task_obj.same_answer, task_obj.answer_key)
     typer.echo(f"{len(episodes)} episodes in {out / 'episodes.jsonl'}; solved by turn: "
                + ", ".join(f"t{k} {metrics[f'p1@t{k}']:.1f}%" for k in range(1, int(metrics.get('turns', 0)) + 1)))
 

@@ -33,11 +33,45 @@ def parse_schedule(text: str) -> list[ScheduleStep]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.learning_rate=2e-5' -> (['train', 'learning_rate'], 2e-5); values are read as YAML."""
+    """'train.learning_rate=2e-5' -> (['train', 'learning_rate'], 2e-5); values are read as YAML.
+
+    The one parser of every KEY=VALUE the commands take (`riselm run` overrides, --task-option,
+    --backend-option, --set): a value that is not valid YAML is an error naming the override.
+    """
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. iterations=3 or train.learning_rate=2e-5")
-    return key.split("."), yaml.safe_load(value) if value != "" else ""
+    if value == "":
+        return key.split("."), ""
+    try:
+        return key.split("."), load_yaml(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({yaml_problem(e)}); quote it if it is a string") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """One line saying what is wrong in a YAML text and where."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as riselm reads it: safe, and a duplicate key is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -63,9 +97,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), check_models
         if not path.exists():
             raise ConfigError(f"{path}: no such config file")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     data = apply_overrides(data, list(overrides))

@@ -104,7 +104,7 @@ def rise_iterations(run: Run, learner: Learner, model: str) -> list[StageResult]
         stage_dir = run.out / f"iter{k}"
         seconds: dict[str, float] = {}
         with timed(seconds, "collect"):
-            collect_stage(run, learner, collector or model, stage_dir / "collect")
+            collect_stage(run, learner, collector or model, stage_dir / "collect", k)
         with timed(seconds, "train"):
             samples = build_samples(run, [run.out / f"iter{i}" / "collect" for i in data_iterations(settings, k)], stage_dir)
             init = model if settings.init_from == "previous" else start_model
@@ -166,8 +166,8 @@ def boost_stage(run: Run, learner: Learner, model: str, stage_dir: Path) -> str:
     return train_stage(run, learner, boost.train, samples, model, stage_dir / "train")
 
 
-def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path) -> list[Episode]:
-    """On-policy rollouts of `model` with the configured improvers; resumes inside the episodes file."""
+def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, iteration: int) -> list[Episode]:
+    """On-policy rollouts of `model` with the configured improvers (seeds and problems of `iteration`); resumes inside the episodes file."""
     episodes_path = collect_dir / "episodes.jsonl"
     if (collect_dir / DONE).exists():
         return read_episodes(episodes_path)
@@ -181,7 +181,8 @@ def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path) -> 
     experts = {name: build(expert, expert.model) for name, expert in settings.experts.items() if name in named}
     try:
         episodes = collect(
-            run.task, {**generators, **experts}, run.train_problems, episodes_path, collect_settings, settings.seed, run.show_progress
+            run.task, {**generators, **experts}, run.train_problems, episodes_path, collect_settings, settings.seed,
+            run.show_progress, iteration=iteration,
         )
     finally:
         for expert in experts.values():
@@ -200,9 +201,11 @@ def build_samples(run: Run, collect_dirs: Sequence[Path], stage_dir: Path) -> li
     else:
         samples = samples_from_episodes(episodes, settings.model_copy(update={"filter": "success"}) if method == "rise_success" else settings)
     if not samples:
+        truncated = sum(t.truncated for e in episodes for t in e.turns)
         raise ValueError(
             f"{stage_dir}: no training samples: the {len(episodes)} collected episodes leave none after "
-            f"method={method!r} and samples.filter={settings.filter!r}"
+            f"method={method!r} and samples.filter={settings.filter!r} ({truncated} of their turns were cut at "
+            "max_new_tokens, and truncated turns are never trained)"
         )
     if run.world.main:
         write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))

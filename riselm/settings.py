@@ -20,7 +20,7 @@ from riselm.generation.base import SamplingParams
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every float finite
 
 
 class SamplingSettings(_Settings):
@@ -65,7 +65,9 @@ class ScheduleStep(_Settings):
 class CollectSettings(_Settings):
     """RISE data collection (spec section 2): on-policy turn 1, best-of-N improvements after wrong turns."""
 
-    limit: int | None = Field(None, ge=1)  # roll out only the first N training problems each iteration (default: all)
+    limit: int | None = Field(None, ge=1)  # roll out N training problems each iteration (default: all)
+    # which N: "rotate" takes iteration k's slice of N problems (k-th, wrapping around), "first" the first N every time
+    limit_slices: Literal["rotate", "first"] = "rotate"
     max_turns: int = Field(5, ge=1)  # the most actions per episode; an episode stops at its first correct one
     window: int | None = Field(None, ge=1)  # context window in attempts: the question plus the last window-1 (None: all)
     schedule: list[ScheduleStep] = Field(
@@ -106,11 +108,13 @@ class TrainSettings(_Settings):
     optimizer: str = "adamw_torch"  # a transformers optimizer name ("adamw_torch", "sgd", …)
     max_grad_norm: float = Field(1.0, ge=0)  # gradient clipping (0 turns it off)
     # -- batches: effective batch = batch_size × grad_accum × processes (paper: 64)
-    batch_size: int = Field(8, ge=1)  # samples per process per forward pass
+    batch_size: int = Field(8, ge=1)  # samples (not rows) per process per forward pass, with or without share_prefixes
     grad_accum: int = Field(8, ge=1)  # micro-batches accumulated per optimizer step
     max_length: int = Field(2048, ge=2)  # tokens per sample; longer contexts are cut from the left (paper: 2048)
     packing: bool = False  # one padding-free row per micro-batch; pays with flash_attention_2 (slower with sdpa)
-    share_prefixes: bool = True  # all turns of an episode in one row: same loss, shared context computed once
+    # the turns of an episode that fall in one batch share a row: the same samples, steps and loss, the
+    # shared context computed once (batches are cut from a seeded order that keeps an episode's samples together)
+    share_prefixes: bool = True
     # -- precision and memory
     bf16: bool | None = None  # bf16 mixed precision; None: on when the GPU supports it (never on CPU)
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory (paper: on, for 7B)
@@ -165,7 +169,8 @@ class CreditSettings(_Settings):
     # A reward at or above this counts as correct for the regression penalty (tasks give 1 for correct).
     correct_threshold: float = 1.0
     # "leave_one_out": subtract the mean return at the same turn of the problem's other episodes that
-    # reached it (unbiased); "none": the raw return (REINFORCE).
+    # reached it (unbiased), or of the turn's other candidates when it sampled several (`online.candidates`);
+    # "none": the raw return (REINFORCE).
     baseline: Literal["leave_one_out", "none"] = "leave_one_out"
     # Divide by the std of those peers' returns (at least 2 peers); re-weights problems, see above.
     scale_by_std: bool = False
@@ -180,6 +185,10 @@ class OnlineSettings(_Settings):
     of each (the retry message after every turn, `turns` turns, or until the first correct one), gives
     every turn an advantage (`credit`; a turn that sampled n > 1 candidates credits them against each
     other, as they share one state) and updates the policy on each turn's action tokens only.
+
+    Sampling must be plain temperature sampling (temperature > 0, top_p 1): the importance ratios
+    compare the trained policy, softmax(logits / temperature), with the log-probs the sampler recorded,
+    and a nucleus-truncated sampler is another policy (every ratio below 1, clipped as if stale).
     """
 
     steps: int = Field(100, ge=1)  # optimizer updates of the policy (times updates_per_batch)
@@ -208,7 +217,7 @@ class OnlineSettings(_Settings):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)  # 0: no clipping
     warmup_steps: int = Field(0, ge=0)  # linear warm-up, then a constant rate
-    updates_per_batch: int = Field(1, ge=1)  # passes over each batch (more than one optimizer step: ratios against the sampler)
+    updates_per_batch: int = Field(1, ge=1)  # passes over each batch (every pass: ratios against the sampler's log-probs)
     minibatches: int = Field(1, ge=1)  # optimizer steps per pass: the batch's actions split into this many groups
     micro_batch: int = Field(64, ge=1)  # turns per forward/backward pass (gradients accumulate over the batch)
     # -- bookkeeping
@@ -216,6 +225,17 @@ class OnlineSettings(_Settings):
     save_every: int = Field(10, ge=1)  # write a resumable checkpoint every this many steps
     report_to: list[Literal["tensorboard"]] = []  # also log each step's metrics there
     sync_every: int = Field(1, ge=1)  # vllm backend: hand the engine new weights every this many steps
+
+    @model_validator(mode="after")
+    def _samples_the_policy_it_trains(self) -> "OnlineSettings":
+        if self.sampling.top_p < 1:
+            raise ValueError(
+                f"online.sampling.top_p must be 1 (got {self.sampling.top_p}): online RL trains softmax(logits / "
+                "temperature) and takes its ratios against the sampled tokens' log-probs; a top-p sampler is another policy"
+            )
+        if self.sampling.temperature <= 0:
+            raise ValueError("online.sampling.temperature must be above 0: online RL samples its actions (greedy has no policy to train)")
+        return self
 
 
 class DistributedSettings(_Settings):

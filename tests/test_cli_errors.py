@@ -96,3 +96,15 @@ def test_run_whose_filter_leaves_no_samples(tmp_path, tiny_model_dir):
         "eval: {turns: 1, parallel_samples: 0, sampling: {max_new_tokens: 4}}\n"
     )
     one_clean_error(invoke("run", config), "no training samples", "filter='success'")
+
+
+@pytest.mark.parametrize("option", ["--task-option", "--backend-option"])
+def test_a_malformed_option_value_names_the_option(tmp_path, tiny_model_dir, option):
+    result = invoke("eval", "--model", tiny_model_dir, "--task", "arithmetic", option, "digits={", "--out", tmp_path / "e")
+    one_clean_error(result, "digits={", "not valid YAML")
+
+
+def test_a_malformed_run_override_names_it(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"out: {tmp_path / 'run'}\n")
+    one_clean_error(invoke("run", config, "train.learning_rate=[1,"), "train.learning_rate=[1,", "not valid YAML")

@@ -36,6 +36,9 @@ def test_overrides_reach_nested_keys():
         ("samples.filter=some", "samples.filter"),
         ("collect.schedule=[{model: gpt4, n: 2}]", "'gpt4', which is not defined"),
         ("iterations", "expected KEY=VALUE"),
+        ("train.learning_rate=[1,", "override 'train.learning_rate=[1,': the value is not valid YAML"),
+        ("eval.sampling.temperature=inf", "eval.sampling.temperature: Input should be a finite number"),
+        ("train.learning_rate=.nan", "train.learning_rate: Input should be a finite number"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):
@@ -50,6 +53,17 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("iterations: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 1\niterations: 1\ntrain:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML: duplicate key 'train' at line 4"):
+        load_config(twice, check_models=False)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  epochs: 1\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'epochs' at line 3"):
+        load_config(nested, check_models=False)
 
 
 def test_parse_schedule():

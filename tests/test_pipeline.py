@@ -22,6 +22,7 @@ TINY = [
     "boost.train.batch_size=4",
     "train.epochs=1",
     "train.batch_size=4",
+    "train.warmup_ratio=0",  # a warm-up step starts at rate 0: with one or two steps nothing would train
     "iterations=1",
     "collect.max_turns=2",
     "collect.schedule=[{model: learner, n: 1}, {model: learner, n: 2}]",
@@ -67,10 +68,27 @@ def test_summary_has_table_keys_per_stage(finished_run):
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["boost", "iter1"]
     assert summary["keys"] == ["m1@t1", "m2@t1", "m1@t2", "p1@t2"]  # the turns and samples that were run
-    for stage in summary["stages"]:
-        assert all(stage[key] is not None for key in summary["keys"])
-        assert len(stage["m1@tk"]) == 2 and all(0 <= v <= 100 for v in stage["m1@tk"])
+    for stage in summary["stages"]:  # each number equals an independent count over the stage's episodes
+        sequential = [json.loads(line) for line in (out / stage["name"] / "eval/episodes.sequential.jsonl").read_text().splitlines()]
+        right = [[turn["reward"] >= 1 for turn in e["turns"]] for e in sequential]
+        assert len(right) == 3 and all(len(r) == 2 for r in right)
+        assert stage["m1@t1"] == pytest.approx(100 * sum(r[0] for r in right) / 3)
+        assert stage["p1@t2"] == pytest.approx(100 * sum(any(r) for r in right) / 3)
+        assert stage["m1@tk"][0] == stage["m1@t1"] and len(stage["m1@tk"]) == 2
     assert "| stage | m1@t1 | m2@t1 | m1@t2 | p1@t2 |" in (out / "summary.md").read_text()
+
+
+def test_each_stage_trains_the_model_the_next_one_uses(finished_run):
+    from transformers import AutoModelForCausalLM
+
+    out, cfg, stages = finished_run
+    init, boost, iter1 = (AutoModelForCausalLM.from_pretrained(p).state_dict()
+                          for p in (cfg.model, out / "boost/train/final", out / "iter1/train/final"))
+    assert max((boost[k] - init[k]).abs().max() for k in init) > 1e-4  # the boost trained
+    assert max((iter1[k] - boost[k]).abs().max() for k in init) > 1e-6  # iteration 1 trained on from the boost
+    assert [s.model for s in stages] == [str(out / "boost/train/final"), str(out / "iter1/train/final")]
+    collected = [json.loads(line) for line in (out / "iter1/collect/episodes.jsonl").read_text().splitlines()]
+    assert len(collected) == 6 and all(e["turns"] for e in collected)
 
 
 def test_rerun_resumes_without_redoing_work(finished_run):
@@ -161,3 +179,72 @@ def test_a_dead_expert_server_is_named_before_any_work(tmp_path):
     with pytest.raises(BackendUnavailable, match=rf"127.0.0.1:{port}.*'big'"):
         run_pipeline(cfg, show_progress=False)
     assert time.perf_counter() - started < 15 and not (tmp_path / "boost").exists()
+
+
+@pytest.fixture
+def recorded_iterations(tmp_path, monkeypatch):
+    """Run 2 iterations with training replaced by a recorder (a copy of the model it starts from).
+
+    The untrained model rarely stops before max_new_tokens, and truncated turns are not trained:
+    the long limit leaves every episode a finished turn or two (the same ones every run: seeded)."""
+    import shutil
+
+    import riselm.pipeline as pipeline
+
+    calls = []
+
+    def fake_train(run, learner, settings, samples, init_model, train_dir):
+        calls.append({"init": str(init_model), "episodes": sorted({(s.episode_id, s.sample) for s in samples}), "dir": train_dir})
+        shutil.copytree(init_model, train_dir / "final", dirs_exist_ok=True)
+        return str(train_dir / "final")
+
+    collected = []
+    real_collect = pipeline.collect_stage
+
+    def spy_collect(run, learner, model, collect_dir, iteration):
+        collected.append((str(model), iteration))
+        return real_collect(run, learner, model, collect_dir, iteration)
+
+    monkeypatch.setattr(pipeline, "train_stage", fake_train)
+    monkeypatch.setattr(pipeline, "collect_stage", spy_collect)
+
+    def run(*overrides):
+        base = [o for o in TINY if not o.startswith("boost.") and o != "iterations=1"]
+        cfg, shape = demo_config(tmp_path / "run", base + ["boost.enabled=false", "iterations=2", "collect.limit=3", "collect.sampling.max_new_tokens=400", *overrides])
+        init_model(tmp_path / "run" / "init", shape)
+        for extra in (tmp_path / "strong",):
+            init_model(extra, {**shape, "hidden_size": 24})
+        run_pipeline(cfg, show_progress=False)
+        return cfg, calls, collected
+
+    return run
+
+
+def test_init_from_previous_or_base(recorded_iterations):
+    cfg, calls, _ = recorded_iterations()
+    assert [c["init"] for c in calls] == [cfg.model, str(calls[0]["dir"] / "final")]
+
+
+def test_init_from_base_trains_every_iteration_from_the_start_model(recorded_iterations):
+    cfg, calls, _ = recorded_iterations("init_from=base")
+    assert [c["init"] for c in calls] == [cfg.model, cfg.model]
+
+
+def test_aggregate_trains_on_the_episodes_of_every_iteration_so_far(recorded_iterations):
+    _, calls, _ = recorded_iterations("aggregate=true")
+    first, second = (set(c["episodes"]) for c in calls)
+    assert first == {("p0", 0), ("p1", 0), ("p2", 0)} or len(first) == 3
+    assert first < second and len(second) == 6  # iteration 2 collected 3 new problems and trains on all 6
+
+
+def test_without_aggregate_each_iteration_trains_on_its_own_new_slice(recorded_iterations):
+    _, calls, collected = recorded_iterations()
+    first, second = (set(c["episodes"]) for c in calls)
+    assert len(first) == len(second) == 3 and not first & second  # collect.limit rotates through the problems
+    assert [k for _, k in collected] == [1, 2]
+
+
+def test_weak_to_strong_collects_with_the_model_and_trains_train_model(recorded_iterations, tmp_path):
+    cfg, calls, collected = recorded_iterations(f"train_model={tmp_path / 'strong'}")
+    assert [m for m, _ in collected] == [cfg.model, cfg.model]  # the weak model collects every iteration
+    assert [c["init"] for c in calls] == [str(tmp_path / "strong"), str(calls[0]["dir"] / "final")]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from riselm.analysis.render import markdown_table, pct, pyplot, save_figure, write_json
-from riselm.evaluation.metrics import majority_correct
+from riselm.evaluation.metrics import AnswerKey, majority_correct
 from riselm.jsonl import DataError, write_text_atomic
 from riselm.rollout.episode import Episode, Turn, read_episodes
 
@@ -43,9 +43,11 @@ class FixesResult:
 
 
 def fixes(
-    parallel: Sequence[Episode], sequential: Sequence[Episode], same: SameAnswer, turns: int | None = None
+    parallel: Sequence[Episode], sequential: Sequence[Episode], same: SameAnswer, turns: int | None = None,
+    key: AnswerKey | None = None,
 ) -> FixesResult:
-    """The Fig. 2 table from episodes (parallel: one-turn samples sharing a problem id)."""
+    """The Fig. 2 table from episodes (parallel: one-turn samples sharing a problem id); `key` is the
+    task's canonical answer form, when it has one (riselm.evaluation.metrics.vote_groups)."""
     samples = _samples_by_problem(parallel)
     later = {}
     for e in sorted(sequential, key=lambda e: e.sample):
@@ -62,7 +64,7 @@ def fixes(
             unsolved=len(unsolved),
             first_turn=pct(sum(bool(t) and t[0].correct for t in answered), len(unsolved)),
             p1=pct(sum(any(x.correct for x in t) for t in answered), len(unsolved)),
-            m1=pct(sum(bool(t) and majority_correct(t, same) for t in answered), len(unsolved)),
+            m1=pct(sum(bool(t) and majority_correct(t, same, key) for t in answered), len(unsolved)),
         ))
     return FixesResult(rows=rows, problems=len(common), turns=k, parallel_only=len(samples) - len(common))
 
@@ -93,7 +95,8 @@ def fixes_of_files(
     tasks = {e.task for e in [*parallel, *sequential]}
     if len(tasks) > 1:
         raise DataError(f"{parallel_path}, {sequential_path}: episodes of different tasks {sorted(tasks)}")
-    result = fixes(parallel, sequential, same_answer_of(tasks.pop()), turns)
+    task_name = tasks.pop()
+    result = fixes(parallel, sequential, same_answer_of(task_name), turns, answer_key_of(task_name))
     if result.problems == 0:
         raise DataError(f"{parallel_path}, {sequential_path}: no problem id is in both files")
     out = result.to_dict() | {"parallel_file": str(parallel_path), "sequential_file": str(sequential_path)}
@@ -130,6 +133,13 @@ def same_answer_of(task_name: str) -> SameAnswer:
     if task_name in task_names():
         return get_task(task_name).same_answer
     return lambda x, y: x.strip() == y.strip()
+
+
+def answer_key_of(task_name: str) -> AnswerKey:
+    """The task's canonical answer form (None where it has none); the stripped text for a task riselm does not know."""
+    from riselm.tasks import get_task, task_names
+
+    return get_task(task_name).answer_key if task_name in task_names() else str.strip
 
 
 def fixes_table(result: FixesResult) -> str:

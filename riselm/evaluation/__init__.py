@@ -1,7 +1,7 @@
 """Multi-turn evaluation: runs, metrics, reports."""
 
 from riselm.evaluation.evaluate import EvalResult, evaluate, metrics_of_file
-from riselm.evaluation.metrics import majority_vote, parallel_metrics, sequential_metrics
+from riselm.evaluation.metrics import majority_vote, parallel_metrics, sequential_metrics, vote_groups
 from riselm.settings import EvalSettings
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "metrics_of_file",
     "parallel_metrics",
     "sequential_metrics",
+    "vote_groups",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequential_metrics
-from riselm.evaluation.report import plot_turn_curves, turn_table
+from riselm.evaluation.report import parallel_note, plot_turn_curves, turn_table
 from riselm.generation.base import Generator
 from riselm.distributed import world
 from riselm.rollout.engine import RolloutSpec, Step
@@ -87,11 +87,11 @@ def evaluate(
 
     schedule = [Step(generator)]
     sequential = sharded_rollout(task, problems, schedule, sequential_spec(settings, seed), out_dir / SEQUENTIAL_FILE, show_progress)
-    seq_metrics = sequential_metrics(sequential, task.same_answer)
+    seq_metrics = sequential_metrics(sequential, task.same_answer, task.answer_key)
     par_metrics = None
     if settings.parallel_samples > 0:
         parallel = sharded_rollout(task, problems, schedule, parallel_spec(settings, seed), out_dir / PARALLEL_FILE, show_progress)
-        par_metrics = parallel_metrics(parallel, task.same_answer)
+        par_metrics = parallel_metrics(parallel, task.same_answer, task.answer_key)
 
     wall = time.perf_counter() - start
     tokens = _generated_tokens(generator) - tokens_before
@@ -113,6 +113,7 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
     (out / "metrics.json").write_text(json.dumps({**meta, **result.summary()}, indent=2) + "\n")
     title = title or f"{model} on {task}"
     seq = result.sequential
+    note = parallel_note(result.parallel)  # problems with different parallel sample counts
     lines = [
         f"# {title}",
         "",
@@ -121,6 +122,7 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
         "",
         turn_table(seq, result.parallel),
         "",
+        *([note, ""] if note else []),
         f"Wall time {result.wall_s:.1f} s, {result.generated_tokens} tokens generated ({result.tokens_per_s:.1f} tokens/s).",
         "",
     ]
@@ -140,8 +142,9 @@ def metrics_of_file(path: str | Path, task: Task | None = None) -> dict[str, Any
         raise ValueError(f"{path}: episodes of several tasks {sorted(tasks)}; compute metrics per task")
     if task is None and tasks:
         task = _known_task(next(iter(tasks)), path)
-    same = task.same_answer if task else (lambda a, b: a.strip() == b.strip())
-    return episode_metrics(episodes, same)
+    if task is None:
+        return episode_metrics(episodes, lambda a, b: a.strip() == b.strip(), key=str.strip)
+    return episode_metrics(episodes, task.same_answer, task.answer_key)
 
 
 def _known_task(name: str, path: str | Path) -> Task | None:

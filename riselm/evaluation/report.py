@@ -29,6 +29,25 @@ def turn_table(sequential: dict[str, Any], parallel: dict[str, Any] | None = Non
     return "\n".join(lines)
 
 
+def parallel_note(parallel: dict[str, Any] | None) -> str | None:
+    """A sentence for report.md when problems have different parallel sample counts, None when even."""
+    if not parallel:
+        return None
+    parts = []
+    counts = parallel.get("sample_counts")
+    if counts:
+        listed = ", ".join(f"{problems} with {n}" for n, problems in sorted(counts.items(), key=lambda kv: -int(kv[0])))
+        parts.append(
+            f"Problems have different parallel sample counts (problems: {listed}): each problem is counted with its own "
+            f"samples, and mk@t1 and pass@k for k above {parallel.get('samples', 0)} average only the problems with at "
+            "least k samples (problems_at_k in metrics.json)."
+        )
+    missing = parallel.get("problems_without_samples")
+    if missing:
+        parts.append(f"{missing} problem(s) have no parallel sample and are left out of the parallel columns.")
+    return " ".join(parts) or None
+
+
 def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.1f}"
 
@@ -54,7 +73,7 @@ def plot_turn_curves(
         ax.plot(turns, [seq[f"p1@t{k}"] for k in turns], "s:", color=color, alpha=0.7, label=f"{label}p1@tk (oracle)")
         par = (parallel or {}).get(name)
         if par and par.get("samples", 0) > 0:
-            ks = [k for k in range(1, int(par["samples"]) + 1)]
+            ks = [k for k in range(1, int(par.get("samples_max", par["samples"])) + 1)]
             ax.plot(ks, [par[f"m{k}@t1"] for k in ks], "^--", color=color, alpha=0.6, label=f"{label}mk@t1 (parallel)")
     ax.set_xlabel("turn k (or samples k for mk@t1)")
     ax.set_ylabel("accuracy (%)")

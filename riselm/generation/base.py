@@ -23,6 +23,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 512
     stop: tuple[str, ...] = ()  # generation ends at the first of these strings (excluded from the text)
+    # Ask for each sampled token's log-prob (`Completion.logprobs`). hf records them whenever it samples
+    # (they come free with the draw); vllm only when asked (it costs a log-softmax per token).
+    logprobs: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -40,6 +43,13 @@ class Completion:
     # The prompt ids the backend conditioned on (the chat rendered with its template and tokenized),
     # shared by a conversation's samples; None where the backend does not know them.
     prompt_ids: tuple[int, ...] | None = None
+    # The log-prob of each of `token_ids` under the distribution the backend drew it from: the model's
+    # softmax(logits / temperature), renormalised over the nucleus when top_p < 1. Online RL uses it
+    # as the behaviour policy's log-prob in its importance ratios. None when nothing was sampled
+    # (greedy), when not asked for (vllm: `SamplingParams.logprobs`) or when the backend cannot tell.
+    # Not compared: completions are the same sample when their tokens are, and the log-probs of one
+    # sample differ in their last bits between batch shapes.
+    logprobs: tuple[float, ...] | None = field(default=None, compare=False)
 
 
 @runtime_checkable

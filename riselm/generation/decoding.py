@@ -134,9 +134,21 @@ def next_tokens(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | 
     noise: Exp(1) values shaped like `logits` (a `RowStreams` draw) for seeded rows; None draws them
     from torch's global generator. Greedy sampling uses none.
     """
+    return draw(logits, sampling, noise)[0]
+
+
+def draw(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`next_tokens` and the log-probability [rows] (float32) each drawn token had where it was drawn.
+
+    The log-prob is that of the distribution actually sampled: softmax(logits / temperature), and with
+    top_p < 1 the nucleus renormalised to sum to 1 (so a token's log-prob is higher than its
+    untruncated one). Online RL takes it as the behaviour policy's log-prob. Greedy: None (nothing
+    was sampled).
+    """
     if sampling.greedy:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+        return logits.argmax(-1), None
+    scaled = logits.float() / sampling.temperature
+    probs = torch.softmax(scaled, dim=-1)
     if sampling.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
         # keep the smallest set of tokens whose mass reaches top_p (the most likely token always stays)
@@ -147,7 +159,11 @@ def next_tokens(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | 
     # over a large vocabulary.
     if noise is None:
         noise = torch.empty_like(probs).exponential_()
-    return (probs / noise).argmax(-1)
+    chosen = (probs / noise).argmax(-1)
+    picked = scaled.gather(-1, chosen[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+    if sampling.top_p < 1.0:  # renormalise over the nucleus: log p − log Σ_nucleus p
+        picked = picked - probs.sum(-1).log()
+    return chosen, picked
 
 
 def _signed(value: int) -> int:
@@ -220,7 +236,8 @@ def sample_batch(
     pad_id: int,
     stop_criteria=None,
     row_keys: Sequence[int] | None = None,
-) -> list[list[int]]:
+    return_logprobs: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[list[float]] | None]:
     """Generate `copies[i]` continuations of `prompts[i]`; returns them prompt by prompt, copy by copy.
 
     A continuation ends after an end token (kept in the result), when `stop_criteria` (transformers'
@@ -228,6 +245,8 @@ def sample_batch(
     follow the attention mask, so absolute position embeddings (GPT-2) see each prompt from 0.
     row_keys: one 64-bit stream key per continuation (in the order of the result) for seeded
     sampling through `RowStreams`; None samples from torch's global generator.
+    return_logprobs: also return, for every continuation, each token's log-prob under the distribution
+    it was drawn from (`draw`; None when greedy), from the very logits it was sampled from.
     """
     device = model.device
     rows = sum(copies)
@@ -258,13 +277,16 @@ def sample_batch(
     logits, mask, next_position = logits[owner], mask[owner], positions[owner, -1] + 1
 
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    token_logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
     lengths = torch.full((rows,), max_new_tokens, dtype=torch.long)
     alive = torch.arange(rows, device=device)  # original row of each batch row
     finished = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row, not yet dropped
     end_ids_t = torch.tensor(list(end_ids), device=device)
     for step in range(max_new_tokens):
-        chosen = next_tokens(logits, sampling, None if streams is None else streams.exponential(step, logits.shape[-1]))
+        chosen, logprobs = draw(logits, sampling, None if streams is None else streams.exponential(step, logits.shape[-1]))
         tokens[alive, step] = chosen
+        if logprobs is not None:
+            token_logprobs[alive, step] = logprobs
         ends = torch.isin(chosen, end_ids_t)
         if stop_criteria is not None:
             ends |= stop_criteria(tokens[alive, : step + 1], None).to(device)
@@ -292,7 +314,13 @@ def sample_batch(
         ).logits[:, -1]
         next_position = next_position + 1
     tokens = tokens.cpu()
-    return [tokens[row, : lengths[row]].tolist() for row in range(rows)]
+    generated = [tokens[row, : lengths[row]].tolist() for row in range(rows)]
+    if not return_logprobs:
+        return generated
+    if sampling.greedy:
+        return generated, None
+    token_logprobs = token_logprobs.cpu()
+    return generated, [token_logprobs[row, : lengths[row]].tolist() for row in range(rows)]
 
 
 def _prefill_by_length(model, prompts: Sequence[Sequence[int]], cache: Cache, width: int) -> torch.Tensor:

@@ -18,6 +18,10 @@ Seeded generation neither uses nor changes torch's global random state. Without 
 from torch's global generator, one batched draw per step. Greedy decoding (temperature 0) does not
 depend on the batch either: batched and one-at-a-time generation give the same text (tested), up to
 floating-point ties.
+
+Log-probs: each sampled token's log-prob is taken from the very logits it was drawn from, after the
+temperature (and the top-p renormalisation), and returned as `Completion.logprobs` (online RL's
+behaviour policy); greedy decoding returns none.
 """
 
 from __future__ import annotations
@@ -169,14 +173,17 @@ class HFGenerator:
         sampling = Sampling(greedy=params.greedy, temperature=params.temperature, top_p=params.top_p)
         stop = StopStringCriteria(self.tokenizer, list(params.stop)) if params.stop else None
         keys = [row.key for row in batch]
-        generated = sample_batch(
+        generated, logprobs = sample_batch(
             self._model(), prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop,
-            row_keys=None if keys[0] is None else keys,
+            row_keys=None if keys[0] is None else keys, return_logprobs=True,
         )
         prompt_ids = {row.prompt: tuple(row.prompt_ids) for row in batch}
-        return [self._completion(tokens, params, prompt_ids[row.prompt]) for row, tokens in zip(batch, generated)]
+        logprobs = logprobs or [None] * len(batch)  # greedy: nothing sampled
+        return [self._completion(tokens, params, prompt_ids[row.prompt], lp) for row, tokens, lp in zip(batch, generated, logprobs)]
 
-    def _completion(self, tokens: list[int], params: SamplingParams, prompt_ids: tuple[int, ...]) -> Completion:
+    def _completion(
+        self, tokens: list[int], params: SamplingParams, prompt_ids: tuple[int, ...], logprobs: list[float] | None = None
+    ) -> Completion:
         """Text of one generated row: cut at the end-of-turn token or the first stop string."""
         end = next((i for i, token in enumerate(tokens) if token in self.eos_token_ids), None)
         if end is not None:
@@ -191,7 +198,8 @@ class HFGenerator:
             num_tokens = self._tokens_until_stop(tokens[:num_tokens], params.stop)
             finish_reason = "stop"
         return Completion(
-            text=text, num_tokens=num_tokens, finish_reason=finish_reason, token_ids=tuple(tokens[:num_tokens]), prompt_ids=prompt_ids
+            text=text, num_tokens=num_tokens, finish_reason=finish_reason, token_ids=tuple(tokens[:num_tokens]), prompt_ids=prompt_ids,
+            logprobs=None if logprobs is None else tuple(logprobs[:num_tokens]),
         )
 
     def _decode(self, tokens: list[int]) -> str:

@@ -22,6 +22,12 @@ is served on top of the running base model through a `LoRARequest`, without a re
 was started with LoRA support and a large enough `max_lora_rank`. vLLM 0.32's in-place weight reload
 (`collective_rpc("reload_weights")`) is not used: on CPU it returned wrong tokens for a reloaded Llama.
 
+Log-probs: with `SamplingParams.logprobs` each request asks for the sampled token's log-prob
+(`logprobs=0`), and the engine is started with `logprobs_mode="processed_logprobs"` unless the caller
+sets another: vLLM's default returns the raw model's log-probs, before the temperature and top-p it
+samples with, which are not the probabilities the tokens were drawn with (a vLLM without that mode
+serves log-probs only at temperature 1, top_p 1, where the two agree).
+
 Data parallelism: vLLM's `LLM` class refuses `data_parallel_size > 1` in one process. Serve the model
 with `python -m vllm.entrypoints.openai.api_server --data-parallel-size N` and use the `openai` backend,
 or run one riselm process per GPU group. `tensor_parallel_size` / `pipeline_parallel_size` work here.
@@ -111,6 +117,7 @@ class VLLMGenerator:
         self._lora = None  # the LoRARequest every generation uses, or None
         self._lora_ids = 0  # vLLM caches adapters by integer id: every new adapter gets the next one
         self._dead: str | None = None  # why the engine stopped working, until the next start
+        self._processed_logprobs = False  # whether the engine's log-probs are after temperature and top-p
 
         model_dir = resolve_model(model)
         if is_adapter(model_dir):
@@ -139,9 +146,11 @@ class VLLMGenerator:
         except Exception as error:
             self._engine_failed(error)
         results = [[Completion(text="", num_tokens=0, finish_reason="length")] * params.n for _ in conversations]
+        with_logprobs = params.logprobs and not params.greedy  # greedy requests ask for none
         for i, output in zip(runnable, outputs):
             prompt_ids = tuple(prompts[i])
-            samples = [_completion(sample, prompt_ids) for sample in sorted(output.outputs, key=lambda sample: sample.index)]
+            ordered = sorted(output.outputs, key=lambda sample: sample.index)
+            samples = [_completion(sample, prompt_ids, with_logprobs) for sample in ordered]
             results[i] = samples * params.n if params.greedy else samples  # greedy: one sample stands for n
         generated = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
         self._count(len(conversations), results, generated, time.perf_counter() - started)
@@ -221,6 +230,9 @@ class VLLMGenerator:
             self._max_lora_rank = max(self._max_lora_rank, adapter_rank(adapter))
         lora_rank = self._max_lora_rank if self._enable_lora else None
         options = engine_options(self._settings, model_dir, on_gpu=cuda_available(), lora_rank=lora_rank)
+        if _has_logprobs_mode():  # the log-probs of the distribution tokens are drawn from (module docstring)
+            options.setdefault("logprobs_mode", "processed_logprobs")
+        self._processed_logprobs = options.get("logprobs_mode") == "processed_logprobs"
         started = time.perf_counter()
         with caller_rng_kept():  # vLLM seeds the global RNGs of the process it runs in
             try:
@@ -266,6 +278,13 @@ class VLLMGenerator:
             return VLLMSamplingParams(temperature=0.0, **{**options, "n": 1})
         if seed is not None:
             self._check_seed_supported()  # children of the request get seed, seed+1, ..., seed+n-1 from vLLM
+        if params.logprobs:  # 0: the sampled token's log-prob only, no alternatives
+            if not self._processed_logprobs and (params.temperature != 1.0 or params.top_p < 1.0):
+                raise ValueError(
+                    "this engine returns the model's raw log-probs, not those of the temperature / top-p it samples with "
+                    "(vLLM before 0.10.2 has no logprobs_mode='processed_logprobs'); sample at temperature 1, top_p 1"
+                )
+            options["logprobs"] = 0
         return VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, seed=seed, **options)
 
     def _check_seed_supported(self) -> None:
@@ -285,11 +304,34 @@ class VLLMGenerator:
 
 
 
-def _completion(sample, prompt_ids: tuple[int, ...]) -> Completion:
-    """One vLLM CompletionOutput as a Completion (vLLM already cut the text at eos and stop strings)."""
+def _has_logprobs_mode() -> bool:
+    """Whether this vLLM can return processed log-probs (its engine arguments have `logprobs_mode`)."""
+    import dataclasses
+
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+
+        return any(f.name == "logprobs_mode" for f in dataclasses.fields(EngineArgs))
+    except (ImportError, TypeError):  # moved, or no longer a dataclass: assume the default (raw) log-probs
+        return False
+
+
+def _completion(sample, prompt_ids: tuple[int, ...], logprobs: bool = False) -> Completion:
+    """One vLLM CompletionOutput as a Completion (vLLM already cut the text at eos and stop strings).
+
+    logprobs: read each sampled token's log-prob (the request asked for them).
+    """
     finish_reason = "length" if sample.finish_reason == "length" else "stop"
     token_ids = tuple(sample.token_ids)  # as sampled: the eos or stop-string token included
     return Completion(
-        text=sample.text, num_tokens=len(token_ids), finish_reason=finish_reason, token_ids=token_ids, prompt_ids=prompt_ids
+        text=sample.text, num_tokens=len(token_ids), finish_reason=finish_reason, token_ids=token_ids, prompt_ids=prompt_ids,
+        logprobs=_sampled_logprobs(sample, token_ids) if logprobs else None,
     )
+
+
+def _sampled_logprobs(sample, token_ids: tuple[int, ...]) -> tuple[float, ...]:
+    """The log-prob of each sampled token: position i of `sample.logprobs` maps token ids to Logprob records."""
+    if sample.logprobs is None or len(sample.logprobs) != len(token_ids):
+        raise RuntimeError(f"vLLM returned {0 if sample.logprobs is None else len(sample.logprobs)} log-probs for {len(token_ids)} tokens")
+    return tuple(float(sample.logprobs[i][token].logprob) for i, token in enumerate(token_ids))
 

@@ -9,6 +9,7 @@ reward-weighted regression).
 
 from riselm.online.credit import (
     CreditSettings,
+    candidate_advantages,
     episode_returns,
     flat_turns,
     returns_to_go,
@@ -19,6 +20,7 @@ from riselm.online.loss import (
     awr_loss,
     awr_weights,
     k3_kl,
+    kl_penalty,
     masked_reduce,
     per_token_advantages,
     policy_loss,
@@ -30,9 +32,11 @@ __all__ = [
     "CreditSettings",
     "awr_loss",
     "awr_weights",
+    "candidate_advantages",
     "episode_returns",
     "flat_turns",
     "k3_kl",
+    "kl_penalty",
     "masked_reduce",
     "per_token_advantages",
     "policy_loss",

@@ -8,19 +8,24 @@ conversation is rendered again; tests/online/test_tokens.py). Only the action id
 
 Credit: the chosen actions of the G episodes of a problem get per-turn advantages from
 riselm.online.credit (leave-one-out over the other episodes that reached the turn). A turn that
-sampled n > 1 candidates from one state credits each candidate by its own shaped reward against the
-mean of the other candidates of that state: they share the state exactly, so this baseline is the
-best one can have, and every candidate, not only the chosen one, is trained.
+sampled n > 1 candidates from one state credits each candidate against the other candidates of that
+state, with the same credit settings (`credit.candidate_advantages`: the continued candidate's value
+is its return-to-go, the others' their own shaped reward), and every candidate, not only the chosen
+one, is trained; with `chosen_only` only the continued candidates, credited as turns of their episodes.
+
+Behaviour log-probs: a row carries the log-prob the sampler gave each of its action tokens, looked
+up by (prompt ids, action ids) in what the sampler recorded (riselm.online.behaviour); the policy
+gradient's importance ratios are taken against them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
-from riselm.online.credit import shaped_rewards, turn_advantages
+from riselm.online.credit import candidate_advantages, episode_returns, turn_advantages
 from riselm.rollout.degenerate import is_degenerate
 from riselm.rollout.episode import Episode
 from riselm.settings import CreditSettings
@@ -37,37 +42,65 @@ class ActionRow:
     advantage: float  # the action's credit
     turn: int  # 0-based turn index in its episode
     junk: bool = False  # a degenerate response (loops, absurd words): never imitated (awr), only pushed down (pg)
+    # the sampler's log-prob of each action token (the behaviour policy of the ratios); None if unknown
+    logprobs: tuple[float, ...] | None = None
 
 
-def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings, chosen_only: bool = False) -> list[ActionRow]:
+SamplerLogprobs = Mapping[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, ...] | None]
+
+
+def action_rows(
+    groups: Sequence[Sequence[Episode]], credit: CreditSettings, chosen_only: bool = False,
+    sampler_logprobs: SamplerLogprobs | None = None,
+) -> list[ActionRow]:
     """Every sampled action of the episodes (grouped by problem) with its advantage; with `chosen_only`,
-    only the actions the episodes continued with (each credited as a turn of its episode)."""
+    only the actions the episodes continued with (each credited as a turn of its episode).
+
+    sampler_logprobs: the log-probs the sampler recorded, by (prompt ids, action ids); rows whose
+    action is not in it get None.
+    """
     advantages = turn_advantages([[[t.reward for t in e.turns] for e in episodes] for episodes in groups], credit)
+    recorded = sampler_logprobs or {}
     rows: list[ActionRow] = []
+
+    def add(turn, candidate, advantage: float, t: int) -> None:
+        logprobs = recorded.get((turn.prompt_ids, candidate.token_ids))
+        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, advantage, t, is_degenerate(candidate.response), logprobs))
+
     for episodes, problem_advantages in zip(groups, advantages):
         for episode, episode_advantages in zip(episodes, problem_advantages):
+            returns = episode_returns([turn.reward for turn in episode.turns], credit)
             for t, (turn, advantage) in enumerate(zip(episode.turns, episode_advantages)):
                 if turn.prompt_ids is None or not turn.candidates or turn.candidates[0].token_ids is None:
                     raise OnlineError(
                         f"episode {episode.id!r}: turn {t + 1} has no token ids; online training needs a backend "
                         "that returns the sampled ids (hf or vllm)"
                     )
+                chosen = _chosen(episode, t)
                 if len(turn.candidates) == 1 or chosen_only:
-                    chosen = next(c for c in turn.candidates if c.response == turn.response)
-                    rows.append(ActionRow(turn.prompt_ids, chosen.token_ids, advantage, t, is_degenerate(chosen.response)))
-                else:
-                    previous = episode.turns[t - 1].reward if t else None
-                    values = [_shaped(c.reward, previous, credit) for c in turn.candidates]
-                    for j, candidate in enumerate(turn.candidates):
-                        peers = values[:j] + values[j + 1 :]
-                        advantage = values[j] - sum(peers) / len(peers)
-                        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, advantage, t, is_degenerate(candidate.response)))
+                    add(turn, turn.candidates[chosen], advantage, t)
+                    continue
+                previous = episode.turns[t - 1].reward if t else None
+                continuation = returns[t + 1] if t + 1 < len(returns) else 0.0
+                values = candidate_advantages([c.reward for c in turn.candidates], chosen, previous, continuation, credit)
+                for candidate, value in zip(turn.candidates, values):
+                    add(turn, candidate, value, t)
     return rows
 
 
-def _shaped(reward: float, previous: float | None, credit: CreditSettings) -> float:
-    """The shaped reward of an action taken after an action of reward `previous` (None: the first turn)."""
-    return shaped_rewards([reward] if previous is None else [previous, reward], credit)[-1]
+def _chosen(episode: Episode, t: int) -> int:
+    """The index of the candidate turn `t` continued with: the first whose text is the turn's action.
+
+    (The rollout keeps the first best candidate, and identical texts have identical rewards.)
+    """
+    turn = episode.turns[t]
+    for index, candidate in enumerate(turn.candidates):
+        if candidate.response == turn.response:
+            return index
+    raise OnlineError(
+        f"episode {episode.id!r}: turn {t + 1}'s action is none of its {len(turn.candidates)} candidates; "
+        "online credit needs the action the episode continued with among the sampled candidates"
+    )
 
 
 @dataclass
@@ -79,6 +112,9 @@ class RowBatch:
     action_mask: torch.Tensor  # [B, L] True on the action's tokens (the trained ones)
     turn_ids: torch.Tensor  # [B, L] the row's index on action tokens, -1 elsewhere
     advantages: torch.Tensor  # [B] one advantage per row
+    # [B, L] the sampler's log-prob of each action token, aligned like `loss.token_logprobs` (0 elsewhere);
+    # None when a row of the batch has none
+    old_logprobs: torch.Tensor | None = None
 
     @property
     def action_tokens(self) -> int:
@@ -91,11 +127,20 @@ def collate(rows: Sequence[ActionRow], pad_id: int, device: torch.device | str =
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     action = torch.zeros((len(rows), width), dtype=torch.bool)
     turn_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    known = all(r.logprobs is not None for r in rows)
+    old = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, row in enumerate(rows):
         p, a = len(row.prompt_ids), len(row.action_ids)
         input_ids[i, : p + a] = torch.tensor(row.prompt_ids + row.action_ids)
         attention[i, : p + a] = 1
         action[i, p : p + a] = True
         turn_ids[i, p : p + a] = i
+        if known:
+            if len(row.logprobs) != a:
+                raise OnlineError(f"an action of {a} tokens has {len(row.logprobs)} sampler log-probs")
+            old[i, p : p + a] = torch.tensor(row.logprobs, dtype=torch.float32)
     advantages = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
-    return RowBatch(input_ids.to(device), attention.to(device), action.to(device), turn_ids.to(device), advantages.to(device))
+    return RowBatch(
+        input_ids.to(device), attention.to(device), action.to(device), turn_ids.to(device), advantages.to(device),
+        old.to(device) if known else None,
+    )

@@ -45,6 +45,20 @@ Formulas (t counts from 1)
 4. Optional scaling (`scale_by_std`): A_{g,t} /= std_{h ∈ P(g,t)} R_{h,t} (sample std, ddof 1), only
    when |P(g,t)| ≥ 2 and that std exceeds `eps`; otherwise the advantage is left unscaled.
 
+5. Several candidates from one state (`candidate_advantages`, `online.candidates` > 1): turn t of an
+   episode sampled c_1..c_n from the same prompt and continued with one of them, c*. Each candidate
+   gets a value, then the same baseline and scaling as above with its n − 1 siblings as the peers::
+
+       V(c*) = R_t = r'(c*) + γ·R_{t+1}     (return_to_go; R_{t+1} = 0 when the episode ended at t)
+       V(c_j) = r'(c_j)                     (j ≠ *: a candidate that is not continued ends its branch)
+       A(c_j) = V(c_j) − mean_{k ≠ j} V(c_k)    (baseline "leave_one_out"; "none": A = V)
+
+   r'(c) is c's shaped reward after the episode's action at t − 1 (formula 1). With returns="reward",
+   V(c*) = r'(c*) too. The siblings share the state exactly, so they replace the other episodes as
+   the baseline. Giving the non-continued candidates no continuation is a choice: their branches end,
+   so their return is what they earned. It favours c* by γ·R_{t+1} (c* is the best candidate by
+   reward anyway); estimating their continuation would need rolling them out.
+
 Why the leave-one-out baseline per turn index is unbiased
 ---------------------------------------------------------
 The policy gradient of J = E[Σ_t r'_t] is E[Σ_{t ≤ T_g} ∇log π(a_{g,t} | s_{g,t})·R_{g,t}] (γ = 1;
@@ -141,6 +155,21 @@ def _problem_advantages(episodes: Sequence[Sequence[float]], settings: CreditSet
             peers = [returns[h][t] for h in reached if h != g]
             advantages[g][t] = _advantage(returns[g][t], peers, settings)
     return advantages
+
+
+def candidate_advantages(
+    rewards: Sequence[float], chosen: int, previous: float | None, continuation: float, settings: CreditSettings
+) -> list[float]:
+    """Advantages of the candidates sampled from one state (formula 5 of the module docstring).
+
+    rewards: each candidate's task reward; chosen: the index of the one the episode continued with;
+    previous: the reward of the episode's action at the turn before (None at the first turn);
+    continuation: R_{t+1}, the return of the episode's later turns (0 when it ended at this turn).
+    """
+    values = [shaped_rewards([r] if previous is None else [previous, r], settings)[-1] for r in rewards]
+    if settings.returns == "return_to_go":
+        values[chosen] += settings.discount * continuation
+    return [_advantage(v, values[:j] + values[j + 1 :], settings) for j, v in enumerate(values)]
 
 
 def _advantage(own_return: float, peer_returns: list[float], settings: CreditSettings) -> float:

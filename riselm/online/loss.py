@@ -183,14 +183,36 @@ def masked_reduce(
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token k3 estimate of KL(π‖π_ref): exp(d) − d − 1, d = ref − logprobs (≥ 0, 0 when equal).
 
-    Unbiased for KL(π‖π_ref) on tokens sampled from π, and never negative unlike log π − log π_ref.
-    ref_logprobs is detached. With `action_mask`, masked positions get exactly 0 (and no NaN gradient
-    even if they hold −inf).
+    For monitoring the KL's value: unbiased for KL(π‖π_ref) on tokens sampled from π, and never
+    negative unlike log π − log π_ref. Not a penalty to differentiate: its expected gradient,
+    E_π[(1 − π_ref/π)·∇log π] = −Σ π_ref·∇log π, is that of KL(π_ref‖π), the other direction
+    (`kl_penalty` has the right one). ref_logprobs is detached. With `action_mask`, masked positions
+    get exactly 0 (and no NaN gradient even if they hold −inf).
     """
     d = ref_logprobs.detach() - logprobs
     if action_mask is not None:
         d = torch.where(action_mask.bool(), d, d.new_zeros(()))
     return torch.exp(d) - d - 1
+
+
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, old_logprobs: torch.Tensor, action_mask: torch.Tensor
+) -> torch.Tensor:
+    """Per-token penalty whose expected gradient is that of KL(π‖π_ref): sg(π/μ)·½(log π − log π_ref)².
+
+    The tokens were sampled from μ (`old_logprobs`, the sampler). With d = log π − log π_ref,
+    ∇KL(π‖π_ref) = Σ_a π(a)·(d(a) + 1)·∇log π(a) = E_π[d·∇log π], since Σ_a π(a)·∇log π(a) = 0; and
+    ∇½d² = d·∇log π (k2, the "squared log-ratio" estimator). On tokens drawn from μ the detached
+    weight ρ = π/μ turns E_μ into E_π, so the penalty stays the KL's gradient in off-policy
+    minibatches (ρ = 1 on-policy). The weight is not clipped: it multiplies a penalty, not a reward
+    the policy could exploit. ½d² is ≥ 0 and 0 where π = π_ref; its value is not an unbiased KL
+    estimate (`k3_kl` is, for monitoring). Masked positions get exactly 0, whatever they hold.
+    """
+    mask = action_mask.bool()
+    zero = logprobs.new_zeros(())
+    d = torch.where(mask, logprobs - ref_logprobs.detach(), zero)
+    weight = torch.exp(torch.where(mask, logprobs.detach() - old_logprobs.detach(), zero))
+    return weight * 0.5 * d.square()
 
 
 def policy_loss(
@@ -205,18 +227,20 @@ def policy_loss(
     turn_ids: torch.Tensor | None = None,
     normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped policy gradient over action tokens, plus an optional k3 KL penalty to a reference.
+    """PPO's clipped policy gradient over action tokens, plus an optional KL(π‖π_ref) penalty.
 
     All tensors [B, L] (see the module's layout). Per action token, with ρ = exp(logprobs − old_logprobs):
 
-        loss = −min(ρ·A, clip(ρ, 1 − clip_eps, 1 + clip_eps)·A) + kl_coef·k3(logprobs, ref_logprobs)
+        loss = −min(ρ·A, clip(ρ, 1 − clip_eps, 1 + clip_eps)·A) + kl_coef·sg(ρ)·½(logprobs − ref_logprobs)²
+
+    (`kl_penalty`: its expected gradient is that of KL(π‖π_ref) whichever policy sampled the tokens).
 
     old_logprobs are the sampling policy's (detached here), `advantages` each token's turn advantage
     (`per_token_advantages`; detached), ref_logprobs the reference policy's (detached, optional).
     Reduced by `masked_reduce(reduction, turn_ids, normalizer)`. Returns (loss, stats); stats are
     detached scalars averaged over action tokens: ratio_mean, clip_fraction (tokens whose clipped
     term is active, so their gradient is 0), pg_loss (the reduced clipped term alone) and kl_mean
-    (0 without a reference).
+    (the k3 estimate of KL(π‖π_ref)'s value, `k3_kl`; 0 without a reference).
     """
     others = {"old_logprobs": old_logprobs, "advantages": advantages, "action_mask": action_mask}
     others["ref_logprobs"] = ref_logprobs
@@ -235,8 +259,9 @@ def policy_loss(
     per_token = pg
     kl = torch.zeros_like(pg)
     if ref_logprobs is not None:
-        kl = k3_kl(logprobs, ref_logprobs, mask)
-        per_token = pg + kl_coef * kl
+        kl = k3_kl(logprobs.detach(), ref_logprobs, mask)
+        if kl_coef:
+            per_token = pg + kl_coef * kl_penalty(logprobs, ref_logprobs, old_logprobs, mask)
     loss = masked_reduce(per_token, mask, reduction, turn_ids, normalizer)
     with torch.no_grad():
         count = mask.sum().clamp(min=1)

@@ -1,11 +1,18 @@
 """One policy update from a batch of credited actions: the clipped policy gradient or AWR, on the live model.
 
 The model is the one the HF backend generates with, so the next step samples from the updated
-weights without saving or reloading anything. Gradients accumulate over micro-batches of
-`micro_batch` rows, normalised by the whole batch (its action tokens, or its rows), so the update
-does not depend on the micro-batch size. With `updates_per_batch` > 1 the batch is used for several
-optimizer steps and the policy gradient's ratios are taken against the sampling policy's
-log-probs, computed once before the first of them.
+weights without saving or reloading anything. The batch is split into `minibatches` groups, each one
+optimizer step, and passed over `updates_per_batch` times. Each minibatch's loss is the documented
+mean over *all* its actions (its action tokens for token_mean, its turns otherwise): gradients
+accumulate over micro-batches of `micro_batch` rows, each normalised by that whole-minibatch count,
+so the update depends neither on the micro-batch size nor on what is skipped for speed (with
+kl_coef 0, rows of zero advantage have a zero gradient and get no forward pass, but still count).
+
+Ratios: the policy gradient's importance ratios, in every pass, are taken against the log-probs the
+sampler recorded for the tokens it drew (`ActionRow.logprobs`, riselm.online.behaviour), never
+against the training model's own: the engine may serve older weights (vLLM with sync_every > 1) and
+computes with other kernels. For awr, junk rows (loops, absurd words) are no part of the batch:
+never imitated, and not counted either.
 """
 
 from __future__ import annotations
@@ -50,77 +57,97 @@ class PolicyUpdater:
         """Update on `rows`; returns the step's training statistics. Raises OnlineError naming `step`.
 
         The rows are split into `minibatches` groups (a seeded shuffle), each one optimizer step, and
-        the whole batch is passed over `updates_per_batch` times. With more than one optimizer step per
-        batch, the policy gradient's ratios are taken against the log-probs before the first of them.
+        the whole batch is passed over `updates_per_batch` times (see the module docstring).
+        Statistics: loss (mean over minibatches, first pass), entropy, kl and ratio (π/μ) averaged
+        over the action tokens that had a forward pass in the first pass, action_tokens (all of them).
         """
         if not rows or not any(r.action_ids for r in rows):
             raise OnlineError(f"step {step}: the batch holds no sampled action to train on (every episode was empty)")
         s = self.settings
-        if s.objective == "pg" and s.kl_coef == 0:  # a zero advantage gives a zero gradient: skip its compute
-            rows = [r for r in rows if r.advantage != 0] or list(rows[:1])
+        sampled = rows
         if s.objective == "awr":  # every weight is positive: imitating junk (loops) is how a policy collapses
-            rows = [r for r in rows if not r.junk] or list(rows[:1])
-        no_signal = s.objective == "pg" and s.kl_coef == 0 and all(r.advantage == 0 for r in rows)
+            rows = [r for r in rows if not r.junk]
+        else:
+            missing = sum(r.logprobs is None for r in rows)
+            if missing:
+                raise OnlineError(
+                    f"step {step}: {missing} of {len(rows)} actions have no log-probs from the sampler; the policy "
+                    "gradient's ratios need them (generate through riselm.online.behaviour.SamplerLog, hf or vllm backend)"
+                )
         groups = self._minibatches(rows, step)
-        several = s.updates_per_batch * len(groups) > 1
-        old = [[self._logprobs(self.model, b) if several else None for b in g] for g in groups]
-        reference = [[self._logprobs(self.reference, b) if self.reference is not None else None for b in g] for g in groups]
+        if not any(batches for _, batches in groups):  # nothing to train: still measure entropy and KL
+            sample = collate(list(sampled[: s.micro_batch]), self.pad_id, self.model.device)
+            return self._no_update(rows, sample, step)
+        reference = [[self._logprobs(self.reference, b) if self.reference is not None else None for b in batches] for _, batches in groups]
         totals: dict[str, float] = {}
+        steps = 0
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = self.learning_rate(step)
         self.model.train()
         try:
             for epoch in range(s.updates_per_batch):
-                for batches, old_lps, ref_lps in zip(groups, old, reference):
+                for (normalizer, batches), ref_lps in zip(groups, reference):
+                    if not batches:  # no gradient at all: AdamW's momentum and decay would still move the weights
+                        continue
                     self.optimizer.zero_grad(set_to_none=True)
-                    normalizer = self._normalizer(batches)
-                    for batch, old_lp, ref_lp in zip(batches, old_lps, ref_lps):
-                        for key, value in self._backward(batch, old_lp, ref_lp, normalizer, step, monitor=epoch == 0).items():
+                    for batch, ref_lp in zip(batches, ref_lps):
+                        for key, value in self._backward(batch, ref_lp, normalizer, step, monitor=epoch == 0).items():
                             totals[key] = totals.get(key, 0.0) + value
-                    if no_signal:  # zero gradients: AdamW's momentum and decay would still move the weights
-                        break
                     if s.max_grad_norm > 0:
                         totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm))
                     self.optimizer.step()
+                    steps += 1
         finally:
             self.optimizer.zero_grad(set_to_none=True)
             self.model.eval()
-        tokens = sum(b.action_tokens for g in groups for b in g)
-        out = {key.removesuffix("_sum"): value / tokens for key, value in totals.items() if key.endswith("_sum")}
-        out.update(loss=totals.get("loss", 0.0) / len(groups), updated=float(not no_signal), lr=self.learning_rate(step))
-        out.update(action_tokens=float(tokens), optimizer_steps=float(0 if no_signal else s.updates_per_batch * len(groups)))
+        forwarded = sum(b.action_tokens for _, batches in groups for b in batches)
+        out = {key.removesuffix("_sum"): value / max(forwarded, 1) for key, value in totals.items() if key.endswith("_sum")}
+        out.update(loss=totals.get("loss", 0.0) / max(len(groups), 1), updated=float(steps > 0), lr=self.learning_rate(step))
+        out.update(action_tokens=float(sum(len(r.action_ids) for r in rows)), optimizer_steps=float(steps))
         if "grad_norm" in totals:
             out["grad_norm"] = totals["grad_norm"]
         return out
 
-    def _minibatches(self, rows: Sequence[ActionRow], step: int) -> list[list[RowBatch]]:
-        """`minibatches` groups of rows (a shuffle seeded by the step), each in micro-batches of similar lengths."""
+    @torch.no_grad()
+    def _no_update(self, rows: Sequence[ActionRow], sample: RowBatch, step: int) -> dict[str, float]:
+        """The statistics of a step without any gradient: entropy and KL measured on `sample`."""
+        logits = self.model(input_ids=sample.input_ids, attention_mask=sample.attention_mask, use_cache=False).logits
+        logprobs = token_logprobs(logits, sample.input_ids, self.temperature)
+        ref_lp = self._logprobs(self.reference, sample) if self.reference is not None else None
+        stats = self._monitor(logits, logprobs, sample, ref_lp)
+        out = {key.removesuffix("_sum"): value / max(sample.action_tokens, 1) for key, value in stats.items()}
+        out.update(loss=0.0, updated=0.0, lr=self.learning_rate(step), action_tokens=float(sum(len(r.action_ids) for r in rows)))
+        out["optimizer_steps"] = 0.0
+        return out
+
+    def _minibatches(self, rows: Sequence[ActionRow], step: int) -> list[tuple[float, list[RowBatch]]]:
+        """`minibatches` groups of rows (a shuffle seeded by the step): each group's normaliser, over all of
+        its rows, and the micro-batches (of similar lengths) of the rows that need a forward pass."""
         s = self.settings
         order = list(rows)
         random.Random(step).shuffle(order)
         count = min(s.minibatches, len(order))
-        groups = [order[i::count] for i in range(count)]
         out = []
-        for group in groups:
+        for group in (order[i::count] for i in range(count)):
+            if s.objective == "pg" and s.reduction == "token_mean":
+                normalizer = float(sum(len(r.action_ids) for r in group))
+            else:
+                normalizer = float(len(group))
+            if s.objective == "pg" and s.kl_coef == 0:  # a zero advantage gives a zero gradient: skip its compute
+                group = [r for r in group if r.advantage != 0]
             group = sorted(group, key=lambda r: len(r.prompt_ids) + len(r.action_ids))  # less padding
-            out.append([collate(group[i : i + s.micro_batch], self.pad_id, self.model.device) for i in range(0, len(group), s.micro_batch)])
+            batches = [collate(group[i : i + s.micro_batch], self.pad_id, self.model.device) for i in range(0, len(group), s.micro_batch)]
+            out.append((normalizer, batches))
         return out
 
-    def _normalizer(self, batches: Sequence[RowBatch]) -> float:
-        """What a minibatch's loss is averaged over: its action tokens, or its rows (turns)."""
-        s = self.settings
-        if s.objective == "pg" and s.reduction == "token_mean":
-            return float(sum(b.action_tokens for b in batches))
-        return float(sum(len(b.advantages) for b in batches))
-
-    def _backward(self, batch: RowBatch, old_lp, ref_lp, normalizer: float, step: int, monitor: bool) -> dict[str, float]:
+    def _backward(self, batch: RowBatch, ref_lp, normalizer: float, step: int, monitor: bool) -> dict[str, float]:
         s = self.settings
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logprobs = token_logprobs(logits, batch.input_ids, self.temperature)
         if s.objective == "pg":
             advantages = per_token_advantages(batch.advantages, batch.turn_ids)
-            loss, _ = policy_loss(
-                logprobs, logprobs.detach() if old_lp is None else old_lp, advantages, batch.action_mask,
+            loss, pg_stats = policy_loss(
+                logprobs, batch.old_logprobs, advantages, batch.action_mask,
                 clip_eps=s.clip_eps, ref_logprobs=ref_lp, kl_coef=s.kl_coef if ref_lp is not None else 0.0,
                 reduction=s.reduction, turn_ids=batch.turn_ids, normalizer=normalizer,
             )
@@ -137,10 +164,17 @@ class PolicyUpdater:
         loss.backward()
         if not monitor:
             return {}
+        stats = {"loss": float(loss.detach()), **self._monitor(logits.detach(), logprobs.detach(), batch, ref_lp)}
+        if s.objective == "pg":
+            stats["ratio_sum"] = float(pg_stats["ratio_mean"]) * batch.action_tokens
+        return stats
+
+    def _monitor(self, logits: torch.Tensor, logprobs: torch.Tensor, batch: RowBatch, ref_lp) -> dict[str, float]:
+        """Sums over the batch's action tokens of the entropy and (with a reference) the k3 KL estimate."""
         mask = batch.action_mask
-        stats = {"loss": float(loss.detach()), "entropy_sum": float(token_entropy(logits.detach(), self.temperature)[mask].sum())}
+        stats = {"entropy_sum": float(token_entropy(logits, self.temperature)[mask].sum())}
         if ref_lp is not None:
-            stats["kl_sum"] = float(k3_kl(logprobs.detach(), ref_lp, mask)[mask].sum())
+            stats["kl_sum"] = float(k3_kl(logprobs, ref_lp, mask)[mask].sum())
         return stats
 
     @torch.no_grad()

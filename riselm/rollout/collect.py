@@ -4,7 +4,14 @@ For each problem: turn 1 comes from the learner. While the chosen action is wron
 the task's retry message is appended and the next action is the best of N candidates from the turn's
 improver, conditioned on the history: the learner itself (self-distillation) or an expert (any
 backend). A per-turn schedule of (model name, N) covers both. The episode stops at the first correct
-action. Degenerate candidates are never chosen. It is one call of the rollout engine.
+action. Degenerate candidates are never chosen, and no action is worse than the one before it (the
+paper's collection never degrades): when every candidate of a turn scores below the last action
+(possible with `unparsable_reward: -1`), the episode ends after the last action instead. It is
+one call of the rollout engine.
+
+Iterations differ: the iteration is folded into every conversation seed, and with `limit` below
+the number of training problems iteration k takes the k-th slice of `limit` problems (wrapping
+around), unless `limit_slices: first` asks for the first `limit` problems every time.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ def resolve_schedule(schedule: Sequence[ScheduleStep], generators: Mapping[str, 
     return [Step(generators[s.model], s.n, source=s.model) for s in schedule]
 
 
-def collect_spec(settings: CollectSettings, seed: int = 0) -> RolloutSpec:
+def collect_spec(settings: CollectSettings, seed: int = 0, iteration: int = 1) -> RolloutSpec:
     return RolloutSpec(
+        stage=f"iter{iteration}",
+        no_degrade=True,
         mode="collect",
         turns=settings.max_turns,
         stop_when_correct=True,
@@ -50,8 +59,9 @@ def collect(
     settings: CollectSettings = CollectSettings(),
     seed: int = 0,
     show_progress: bool = True,
+    iteration: int = 1,
 ) -> list[Episode]:
-    """Collect RISE episodes of `problems` (the first `settings.limit`) into `out_path`; resumes there.
+    """Collect RISE episodes of `problems` (iteration's slice of `settings.limit`) into `out_path`; resumes there.
 
     `generators`: the learner, or a mapping from the names in `settings.schedule` ("learner" and any
     expert) to generators. Returns the file's episodes of those problems. Run in every process of a
@@ -60,5 +70,15 @@ def collect(
     if not isinstance(generators, Mapping):
         generators = {"learner": generators}
     schedule = resolve_schedule(settings.schedule, generators)
-    chosen = list(problems)[: settings.limit] if settings.limit else list(problems)
-    return sharded_rollout(task, chosen, schedule, collect_spec(settings, seed), out_path, show_progress)
+    chosen = iteration_problems(problems, settings, iteration)
+    return sharded_rollout(task, chosen, schedule, collect_spec(settings, seed, iteration), out_path, show_progress)
+
+
+def iteration_problems(problems: Sequence[Problem], settings: CollectSettings, iteration: int = 1) -> list[Problem]:
+    """The problems collected in 1-based `iteration`: all, or a slice of `settings.limit` (see the module docstring)."""
+    problems = list(problems)
+    limit = settings.limit
+    if not limit or limit >= len(problems):
+        return problems
+    start = 0 if settings.limit_slices == "first" else (iteration - 1) * limit % len(problems)
+    return (problems[start:] + problems[:start])[:limit]

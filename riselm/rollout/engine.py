@@ -11,7 +11,9 @@ retry message while the episode goes on. What differs between the callers is onl
     online RL             G episodes a problem, K turns, either stopping rule
 
 Seeds (`conversation_seed`): the conversation of episode `sample` of a problem at turn `turn` is
-seeded from (run seed, problem id, sample, turn), and a backend draws its n candidates from streams
+seeded from (run seed, problem id, sample, turn) and, for collection, the stage (`iter1`, `iter2`, …,
+so that each iteration draws new samples; evaluation leaves the stage out, so every stage is
+evaluated with the same noise on the same problems), and a backend draws its n candidates from streams
 fixed by that seed and the candidate's index. No seed depends on a position in a batch or a chunk,
 so a resumed, re-chunked or sharded run generates the same episodes as one uninterrupted run (up
 to floating-point differences between batch shapes). Sample 0 of a parallel evaluation therefore
@@ -62,15 +64,19 @@ class RolloutSpec:
     system: str | None = None  # an optional system message before the prompt
     keep_candidates: bool = False  # keep every candidate and the token ids on the turns, in memory (online RL)
     feedback: Literal["retry", "self_refine"] = "retry"  # what follows a turn (see `self_refine`)
+    stage: str = ""  # folded into every conversation seed (collection: the iteration), "" for none
+    # never take an action worse than the episode's last one (RISE collection): the episode ends instead
+    no_degrade: bool = False
 
     def __post_init__(self):
         if self.turns < 1 or self.episodes_per_problem < 1 or self.chunk_size < 1:
             raise ValueError(f"turns, episodes_per_problem and chunk_size must be at least 1: {self}")
 
 
-def conversation_seed(seed: int, problem_id: str, sample: int, turn: int) -> int:
-    """The seed of one conversation: a hash of (run seed, problem id, episode sample, 0-based turn), below 2**31."""
-    digest = hashlib.blake2b(f"{seed}\x1f{problem_id}\x1f{sample}\x1f{turn}".encode(), digest_size=8).digest()
+def conversation_seed(seed: int, problem_id: str, sample: int, turn: int, stage: str = "") -> int:
+    """The seed of one conversation: a hash of (run seed, problem id, episode sample, 0-based turn[, stage]), below 2**31."""
+    key = f"{seed}\x1f{problem_id}\x1f{sample}\x1f{turn}" + (f"\x1f{stage}" if stage else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**31
 
 
@@ -154,7 +160,7 @@ def _rollout_chunk(
             break
         step = step_for_turn(schedule, turn)
         conversations = [episodes[i].messages(window=spec.window) for i in active]
-        seeds = [conversation_seed(spec.seed, episodes[i].id, episodes[i].sample, turn) for i in active]
+        seeds = [conversation_seed(spec.seed, episodes[i].id, episodes[i].sample, turn, spec.stage) for i in active]
         with timed(timings, "generate"):
             candidates = step.generator.generate(conversations, spec.sampling.params(step.n), seeds=seeds)
         flat_problems = [chunk[i][0] for i, cands in zip(active, candidates) for _ in cands]
@@ -167,6 +173,8 @@ def _rollout_chunk(
             best = choose_best(cands, scores, spec.drop_degenerate)
             if best is None:
                 continue  # every candidate was junk: the episode ends after its last kept action
+            if spec.no_degrade and episodes[i].turns and scores[best].reward < episodes[i].turns[-1].reward:
+                continue  # every candidate is worse than the last action: the episode ends there
             chosen, score = cands[best], scores[best]
             last = turn + 1 == spec.turns or (spec.stop_when_correct and score.correct)
             episodes[i].turns.append(
@@ -210,7 +218,7 @@ def self_refine(
     for episode in episodes:
         episode.turns[-1].feedback = None  # the review request follows the answer directly
     conversations = [e.messages(window=spec.window) + [{"role": "user", "content": CRITIQUE_REQUEST}] for e in episodes]
-    seeds = [conversation_seed(spec.seed, f"{e.id}\x1fcritique", e.sample, turn) for e in episodes]
+    seeds = [conversation_seed(spec.seed, f"{e.id}\x1fcritique", e.sample, turn, spec.stage) for e in episodes]
     with timed(timings, "generate"):
         reviews = generator.generate(conversations, spec.sampling.params(1), seeds=seeds)
     for episode, problem, (review, *_) in zip(episodes, problems, reviews):

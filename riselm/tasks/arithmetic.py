@@ -114,10 +114,12 @@ class ArithmeticTask(Task):
         return value is not None and value == int(problem.answer)
 
     def same_answer(self, a: str, b: str) -> bool:
-        value_a, value_b = _integer(a), _integer(b)
-        if value_a is not None and value_b is not None:
-            return value_a == value_b
-        return a.strip() == b.strip()
+        return self.answer_key(a) == self.answer_key(b)
+
+    def answer_key(self, answer: str) -> tuple:
+        """An integer answer's value ("834", " 834."), else the text."""
+        value = _integer(answer)
+        return ("integer", value) if value is not None else ("text", answer.strip())
 
     # ---- generation -----------------------------------------------------------------------------
     def _problem_from_expression(self, expression: Expression, problem_id: str) -> Problem:

@@ -10,7 +10,7 @@ import importlib.resources
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Hashable, Sequence
 
 from riselm.jsonl import DataError, read_json_or_jsonl
 
@@ -123,8 +123,20 @@ class Task(ABC):
         """Whether an extracted answer is right for the problem."""
 
     def same_answer(self, a: str, b: str) -> bool:
-        """Whether two extracted answers are equivalent (groups answers for majority voting)."""
+        """Whether two extracted answers are equivalent (groups answers for majority voting).
+
+        Voting treats it as symmetric (a and b vote together when either direction says so) and
+        groups by connected components, so it need not be symmetric or transitive (math-verify is
+        neither); see riselm.evaluation.metrics.vote_groups.
+        """
         return a.strip() == b.strip()
+
+    def answer_key(self, answer: str) -> Hashable | None:
+        """A canonical form of an answer, where the task has one: two answers that both have a key are
+        the same answer exactly when their keys are equal (voting then groups by key, without calling
+        `same_answer`). None (the default): no canonical form, voting compares with `same_answer`.
+        A subclass that overrides `answer_key` must keep `same_answer` agreeing with it."""
+        return None
 
     def score(self, problem: Problem, response: str) -> Score:
         """Extract and check a response: the one reward used by collection, training and evaluation."""

@@ -125,6 +125,9 @@ class ExecutedCodeTask(Task):
     def same_answer(self, a: str, b: str) -> bool:
         return canonical_code(a) == canonical_code(b)
 
+    def answer_key(self, answer: str) -> str:
+        return canonical_code(answer)
+
     def score(self, problem: Problem, response: str) -> Score:
         return self.score_many([problem], [response])[0]
 
@@ -267,6 +270,9 @@ class CoNaLaTask(Task):
 
     def same_answer(self, a: str, b: str) -> bool:
         return canonical_code(a) == canonical_code(b)
+
+    def answer_key(self, answer: str) -> str:
+        return canonical_code(answer)
 
 
 CODE_TASKS = (MBPPTask, HumanEvalTask, CoNaLaTask)

@@ -3,7 +3,7 @@
 Rows hold `question` and `answer`, where `answer` is a worked solution with calculator marks
 (`<<48/2=24>>`) ending in a line `#### N`. The gold is N with its thousands separators removed (the RISE
 reference parsed "#### 1,600" as 1 and could never score those 93 problems). A response is scored on its
-last `\\boxed{}`, compared numerically.
+last `\\boxed{}`, compared by exact value (`numbers_equal`: no tolerance, so 1000001 is not 1000000).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from riselm.tasks.base import Problem, Task
-from riselm.verify.math import last_boxed, numbers_equal, parse_number
+from riselm.verify.math import last_boxed, numbers_equal, parse_number, written_value
 
 _CALCULATOR_MARK = re.compile(r"<<[^<>]*>>")
 
@@ -39,9 +39,12 @@ class GSM8KTask(Task):
 
     def same_answer(self, a: str, b: str) -> bool:
         """Numerically equal answers ("1,600" and "1600.00") vote together; others by their text."""
-        if parse_number(a) is not None and parse_number(b) is not None:
-            return numbers_equal(a, b)
-        return a.strip() == b.strip()
+        return self.answer_key(a) == self.answer_key(b)
+
+    def answer_key(self, answer: str) -> tuple:
+        """The canonical form: a number's exact value ("1,600", "1600.00", "$1600" -> 1600), else the text."""
+        value = written_value(answer)
+        return ("number", value) if value is not None else ("text", answer.strip())
 
 
 def split_gsm8k_answer(answer: str) -> tuple[str, str]:

@@ -33,6 +33,7 @@ class TrainingSample:
     weight: float  # the loss weight, exp(reward / tau) for RISE samples, 1.0 for boost samples
     episode_id: str  # the problem id of the episode (or boost conversation) it comes from
     turn: int  # 0-based index of the trained action within its episode
+    sample: int = 0  # the episode's index among its problem's episodes: (episode_id, sample) names the episode
 
     @property
     def response(self) -> str:
@@ -49,6 +50,7 @@ class TrainingSample:
             weight=float(d["weight"]),
             episode_id=str(d["episode_id"]),
             turn=int(d["turn"]),
+            sample=int(d.get("sample", 0)),
         )
 
 
@@ -95,6 +97,10 @@ def samples_from_episodes(
 
     De-duplication drops a sample whose whole conversation (prompt messages and response) equals an
     earlier one, e.g. identical greedy rollouts of one problem; the first one is kept.
+
+    A truncated turn (generation stopped at max_new_tokens) is never trained: the trainer closes
+    every trained response with the end-of-turn token, which would teach the model to stop in the
+    middle of an answer. It stays in the context of the episode's later turns, as the model saw it.
     """
     if settings.filter not in FILTERS:
         raise ValueError(f"unknown sample filter {settings.filter!r}; known: {', '.join(FILTERS)}")
@@ -110,7 +116,7 @@ def samples_from_episodes(
                     f"{where}: turn {t + 1} follows a turn without 'feedback'; every turn but the last needs "
                     "the user message that came after it"
                 )
-            if not keep_turn(rewards, t, settings.filter):
+            if turn.truncated or not keep_turn(rewards, t, settings.filter):
                 continue
             messages = episode.messages(upto=t, window=context_window) + [{"role": "assistant", "content": turn.response}]
             if settings.dedup:
@@ -125,6 +131,7 @@ def samples_from_episodes(
                     weight=reward_weight(turn.reward, settings.tau),
                     episode_id=episode.id,
                     turn=t,
+                    sample=episode.sample,
                 )
             )
     return samples
@@ -136,12 +143,12 @@ def first_turn_samples(episodes: Iterable[Episode], settings: SamplesSettings = 
     The two single-turn baselines of the paper's comparisons: `weighted=False` is filtered SFT
     (STaR / rejection-sampling fine-tuning): correct answers only, weight 1. `weighted=True` is
     single-turn reward-weighted regression on the same correct and wrong answers, weight exp(r/tau)
-    (the rebuttal's Table 4). De-duplication as in `samples_from_episodes`.
+    (the rebuttal's Table 4). De-duplication and truncated turns as in `samples_from_episodes`.
     """
     samples: list[TrainingSample] = []
     seen: set[str] = set()
     for episode in episodes:
-        if not episode.turns or not (weighted or episode.turns[0].correct):
+        if not episode.turns or episode.turns[0].truncated or not (weighted or episode.turns[0].correct):
             continue
         turn = episode.turns[0]
         messages = episode.messages(upto=0) + [{"role": "assistant", "content": turn.response}]
@@ -150,7 +157,9 @@ def first_turn_samples(episodes: Iterable[Episode], settings: SamplesSettings = 
             continue
         seen.add(key)
         weight = reward_weight(turn.reward, settings.tau) if weighted else 1.0
-        samples.append(TrainingSample(messages=messages, reward=turn.reward, weight=weight, episode_id=episode.id, turn=0))
+        samples.append(
+            TrainingSample(messages=messages, reward=turn.reward, weight=weight, episode_id=episode.id, turn=0, sample=episode.sample)
+        )
     return samples
 
 

@@ -10,6 +10,7 @@ at generation time.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -134,94 +135,127 @@ def tokenize_sample(tokenizer, messages: Conversation, max_length: int) -> dict[
     }
 
 
-def tokenize_samples(
-    tokenizer, samples: Sequence[TrainingSample], max_length: int, share_prefixes: bool = False
-) -> list[dict[str, Any]]:
-    """Tokenized rows {input_ids, labels, owners, weights} for training; samples that cannot fit are dropped (logged).
+def tokenize_samples(tokenizer, samples: Sequence[TrainingSample], max_length: int) -> list[dict[str, Any]]:
+    """One tokenized item {input_ids, labels, weight, episode} per sample; samples that cannot fit are dropped (logged).
 
-    A row normally holds one sample. With `share_prefixes`, the samples of one episode whose
-    conversations are prefixes of its longest one (the turns of a RISE rollout, the history turns of
-    a boost problem) share the longest one's row: each keeps its own trained span, weight and
-    per-sample mean, and since attention is causal its logits are exactly those of its own row, so
-    the loss is unchanged while the shared context is computed once instead of once per turn.
-    `owners` gives, for every token, the index (into `weights`) of the sample it trains.
+    `episode` identifies the episode (problem id and sample) the sample comes from: the samples of
+    one episode may share a row in a batch (`rows_of`).
     """
-    rows: list[dict[str, Any]] = []
-    kept = 0
-    groups = _prefix_groups(samples) if share_prefixes else [[s] for s in samples]
-    for group in groups:
-        tokenized = [(s, tokenize_sample(tokenizer, s.messages, max_length)) for s in group]
-        tokenized = [(s, r) for s, r in tokenized if r is not None]
-        kept += len(tokenized)
-        while tokenized:
-            (longest, base), rest = tokenized[-1], tokenized[:-1]
-            row = {**base, "owners": [0] * len(base["input_ids"]), "weights": [float(longest.weight)]}
-            tokenized = []
-            for sample, r in rest:
-                if not _add_span(row, r, float(sample.weight)):
-                    tokenized.append((sample, r))  # truncated or tokenized differently: its own row
-            rows.append(row)
-    dropped = len(samples) - kept
+    items: list[dict[str, Any]] = []
+    for s in samples:
+        tokenized = tokenize_sample(tokenizer, s.messages, max_length)
+        if tokenized is not None:
+            items.append({**tokenized, "weight": float(s.weight), "episode": f"{s.episode_id}\x1f{s.sample}"})
+    dropped = len(samples) - len(items)
     if dropped:
         logger.warning(
             "dropped %d of %d samples whose response alone exceeds max_length=%d", dropped, len(samples), max_length
         )
+    return items
+
+
+def rows_of(items: Sequence[dict[str, Any]], share_prefixes: bool = False) -> list[dict[str, Any]]:
+    """Rows {input_ids, labels, owners, weights} holding these tokenized samples, each exactly once.
+
+    A row normally holds one sample. With `share_prefixes`, samples of one episode whose token ids
+    are a prefix of the episode's longest sample (the turns of a RISE rollout, the history turns of a
+    boost problem) share the longest one's row: each keeps its own trained span, weight and
+    per-sample mean, and since attention is causal its logits are exactly those of its own row, so
+    the loss is unchanged while the shared context is computed once instead of once per turn.
+    `owners` gives, for every token, the index (into `weights`) of the sample it trains.
+    """
+    if not share_prefixes:
+        return [_row(item) for item in items]
+    by_episode: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        by_episode.setdefault(item["episode"], []).append(item)
+    rows = []
+    for members in by_episode.values():
+        left = sorted(members, key=lambda m: len(m["input_ids"]))
+        while left:
+            row, rest = _row(left[-1]), left[:-1]
+            left = [m for m in rest if not _add_span(row, m)]  # not a prefix of this row: a row of its own
+            rows.append(row)
     return rows
 
 
-def _prefix_groups(samples: Sequence[TrainingSample]) -> list[list[TrainingSample]]:
-    """Samples grouped by episode, shortest conversation first; only prefixes of the longest join a group."""
-    by_episode: dict[Any, list[TrainingSample]] = {}
-    for s in samples:
-        by_episode.setdefault(s.episode_id, []).append(s)
-    groups = []
-    for members in by_episode.values():
-        members = sorted(members, key=lambda s: len(s.messages))
-        longest = members[-1].messages
-        shared = [s for s in members if s.messages == longest[: len(s.messages)]]
-        groups.append(shared)
-        groups.extend([s] for s in members if not any(s is t for t in shared))
-    return groups
+def _row(item: dict[str, Any]) -> dict[str, Any]:
+    n = len(item["input_ids"])
+    return {"input_ids": list(item["input_ids"]), "labels": list(item["labels"]), "owners": [0] * n, "weights": [item["weight"]]}
 
 
-def _add_span(row: dict[str, Any], sample_row: dict[str, list[int]], weight: float) -> bool:
+def _add_span(row: dict[str, Any], item: dict[str, Any]) -> bool:
     """Mark a shorter sample's trained span inside `row` when its tokens are a prefix of the row's."""
-    n = len(sample_row["input_ids"])
-    if row["input_ids"][:n] != sample_row["input_ids"]:
+    n = len(item["input_ids"])
+    if row["input_ids"][:n] != item["input_ids"]:
         return False
     owner = len(row["weights"])
-    trained = [i for i, label in enumerate(sample_row["labels"]) if label != IGNORE_INDEX]
+    trained = [i for i, label in enumerate(item["labels"]) if label != IGNORE_INDEX]
     if any(row["labels"][i] != IGNORE_INDEX for i in trained):
         return False  # the spans would overlap: never for distinct turns, but stay exact
     for i in trained:
-        row["labels"][i] = sample_row["labels"][i]
+        row["labels"][i] = item["labels"][i]
         row["owners"][i] = owner
-    row["weights"].append(weight)
+    row["weights"].append(item["weight"])
     return True
 
 
 # ---- batches ----------------------------------------------------------------------------------
 
 
+class EpisodeOrder:
+    """The order samples are trained in: a seeded shuffle of episodes, each episode's samples together.
+
+    A torch sampler over `tokenize_samples` items, reshuffled every epoch (the Trainer calls
+    `set_epoch`). Micro-batches are cut from this order by sample count, so `train.batch_size`
+    counts samples whatever the rows look like, and a run with `share_prefixes` trains the same
+    samples in the same steps as one without: keeping an episode's samples adjacent is what lets
+    them share a row. The order depends only on the seed and the epoch, so several processes cut
+    the same global batches from it (each takes its share of consecutive micro-batches).
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], seed: int = 0):
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item["episode"], []).append(i)
+        self.groups = [sorted(g, key=lambda i: len(items[i]["input_ids"])) for g in groups.values()]
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(map(len, self.groups))
+
+    def __iter__(self):
+        order = list(range(len(self.groups)))
+        random.Random(f"{self.seed}\x1f{self.epoch}").shuffle(order)
+        return iter([i for g in order for i in self.groups[g]])
+
+
 @dataclass
 class WeightedCollator:
-    """Batches tokenized rows, carrying each sample's weight and which sample every token belongs to.
+    """Batches tokenized samples into rows (`rows_of`), carrying each sample's weight and which sample every token belongs to.
 
     Padded (pack=False): rows right-padded to the longest, with an attention mask.
-    Packed (pack=True): the batch's samples concatenated into one row without padding, with
-    position_ids restarting at 0 for each sample and no attention mask; transformers' attention
-    (sdpa, eager, flash) then keeps the samples apart. The first token of every sample is never a
-    label, so no prediction crosses a sample boundary.
+    Packed (pack=True): the batch's rows concatenated into one row without padding, with
+    position_ids restarting at 0 for each row and no attention mask; transformers' attention
+    (sdpa, eager, flash) then keeps the rows apart. The first token of every row is never a
+    label, so no prediction crosses a row boundary.
 
     Both give `sample_index` (the sample each trained token belongs to; a row may train several
-    samples, see `tokenize_samples(share_prefixes=True)`) and `sample_weights` (one per sample), from
-    which the trainer forms the per-sample loss.
+    samples with `share_prefixes`) and `sample_weights` (one per sample), from which the trainer
+    forms the per-sample loss.
     """
 
     pad_token_id: int
     pack: bool = False
+    share_prefixes: bool = False
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.collate_rows(rows_of(items, self.share_prefixes))
+
+    def collate_rows(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         weights = torch.tensor([w for r in rows for w in r["weights"]], dtype=torch.float32)

@@ -26,7 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
 from riselm.settings import SamplesSettings, TrainSettings
 from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
-from riselm.training.tokenize import IGNORE_INDEX, WeightedCollator, tokenize_samples
+from riselm.training.tokenize import IGNORE_INDEX, EpisodeOrder, WeightedCollator, tokenize_samples
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ class WeightedTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Samples in a seeded order of episodes (`EpisodeOrder`): batches count samples, shared rows or not."""
+        return EpisodeOrder(train_dataset if train_dataset is not None else self.train_dataset, self.args.seed)
 
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -185,15 +189,15 @@ def train_weighted(
     if config.lora:
         model = _with_lora(model, config)
 
-    rows = tokenize_samples(tokenizer, samples, config.max_length, share_prefixes=config.share_prefixes)
-    if not rows:
+    items = tokenize_samples(tokenizer, samples, config.max_length)
+    if not items:
         raise ValueError(f"none of the {len(samples)} training samples fits max_length={config.max_length}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     trainer = WeightedTrainer(
         model=model,
         args=args,
-        train_dataset=rows,
-        data_collator=WeightedCollator(pad_token_id=pad_id, pack=config.packing),
+        train_dataset=items,
+        data_collator=WeightedCollator(pad_token_id=pad_id, pack=config.packing, share_prefixes=config.share_prefixes),
         processing_class=tokenizer,
         callbacks=[MarkCompleteCheckpoints(), *(callbacks or [])],
     )

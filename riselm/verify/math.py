@@ -2,7 +2,8 @@
 
 - `last_boxed` takes the final answer from a response (balanced braces, so `\\boxed{\\frac{\\sqrt{3}}{2}}`
   works, unlike the RISE reference regex).
-- `parse_number` / `numbers_equal` compare numeric answers (GSM8K): "1,600", "$18.00", "75%", "3/4".
+- `parse_number` / `numbers_equal` compare numeric answers (GSM8K): "1,600", "$18.00", "75%", "3/4",
+  by their exact values (no tolerance between written numbers; see `numbers_equal`).
 - `normalize_math_answer` is the Hendrycks MATH string normalisation.
 - `math_equivalent(gold, pred)` decides MATH answers: a fast in-process check (normalised strings, exact
   numbers), then math-verify (`parse(gold)`, `parse(pred)`, `verify(gold, pred)`, in that order since
@@ -120,7 +121,14 @@ def parse_number(text: str) -> float | None:
 
     Digits are Unicode decimal digits, as in Python's `int`: full-width "４２" and Arabic-Indic "٤٢"
     are the number 42. They write the same value, so they score (and vote) as that value.
+    The value as a float; `written_value` gives it exactly.
     """
+    value = written_value(text)
+    return None if value is None else float(value)
+
+
+def written_value(text: str) -> Fraction | None:
+    """The exact value of a number read as `parse_number` reads it, or None."""
     if not isinstance(text, str):
         return None
     text = text.strip().replace("\u2212", "-")  # unicode minus
@@ -128,21 +136,35 @@ def parse_number(text: str) -> float | None:
     text = text.replace("\\!", "").replace("\\,", "")
     text = _TRAILING_UNITS.sub("", text.strip()).rstrip(".").strip()
     text = _THOUSANDS_COMMA.sub("", text)
-    value = exact_number(text)
-    if value is None:
-        return None
-    return float(value)
+    return exact_number(text)
 
 
-def numbers_equal(a: float | str | None, b: float | str | None, rel_tol: float = 1e-6) -> bool:
-    """Whether two numbers (or numeric strings, read with `parse_number`) are equal within `rel_tol`."""
-    if isinstance(a, str):
-        a = parse_number(a)
-    if isinstance(b, str):
-        b = parse_number(b)
-    if a is None or b is None:
+def numbers_equal(a: float | int | str | None, b: float | int | str | None) -> bool:
+    """Whether two numbers (or numeric strings, read with `parse_number`) are the same number.
+
+    Strings and ints compare by exact value ("1,000,001" is not "1000000", "0.5" is "1/2", "0.33" is
+    not "1/3"). Only a float argument, which may carry rounding error (0.1 + 0.2), gets a tolerance
+    (1e-9 absolute, 1e-12 relative), and only when a side is not an integer: two different integers
+    are never equal, however large.
+    """
+    x, y = (written_value(v) if isinstance(v, str) else _number_value(v) for v in (a, b))
+    if x is None or y is None:
         return False
-    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
+    if x == y:  # Fraction == float compares exact values
+        return True
+    if (isinstance(x, Fraction) and isinstance(y, Fraction)) or (_is_integer(x) and _is_integer(y)):
+        return False  # different exact values, or two different integers
+    return math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=1e-9)
+
+
+def _number_value(x: object) -> Fraction | float | None:
+    if isinstance(x, int) and not isinstance(x, bool):
+        return Fraction(x)
+    return x if isinstance(x, float) and not math.isnan(x) else None
+
+
+def _is_integer(x: Fraction | float) -> bool:
+    return x.denominator == 1 if isinstance(x, Fraction) else x.is_integer()
 
 
 # ---- Hendrycks MATH normalisation ---------------------------------------------------------------

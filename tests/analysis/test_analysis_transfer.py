@@ -32,20 +32,69 @@ def test_task_specs():
         TaskSpec.parse("arithmetic:digits")
 
 
+def vote_of_two(first, second):
+    """Right or wrong, the majority of two answers: equal answers agree, and a tie goes to the later
+    one unless it has no answer (by hand, independently of riselm.evaluation.metrics)."""
+    if second["pred"] is not None:
+        return second["reward"] == 1.0
+    return first["pred"] is not None and first["reward"] == 1.0
+
+
+def hand_count(folder):
+    """m1@t1, m2@t1, m1@t2, p1@t2 of a 2-turn, 2-sample evaluation folder, counted from its episodes."""
+    read = lambda name: [json.loads(line) for line in (folder / f"episodes.{name}.jsonl").read_text().splitlines()]
+    sequential, parallel = read("sequential"), read("parallel")
+    samples = {}
+    for e in sorted(parallel, key=lambda e: e["sample"]):
+        samples.setdefault(e["id"], []).append(e["turns"][0])
+    share = lambda hits, n: round(100.0 * hits / n, 2)
+    n = len(sequential)
+    assert n == len(samples) == 2 and all(len(e["turns"]) == 2 for e in sequential)
+    return {
+        "m1@t1": share(sum(e["turns"][0]["reward"] == 1.0 for e in sequential), n),
+        "mP@t1": share(sum(vote_of_two(*s) for s in samples.values()), n),
+        "m1@tK": share(sum(vote_of_two(*e["turns"]) for e in sequential), n),
+        "p1@tK": share(sum(any(t["reward"] == 1.0 for t in e["turns"]) for e in sequential), n),
+    }
+
+
+def seed_episodes(folder, task, problems):
+    """Hand-written episodes for a finished evaluation (resumed, nothing generated): with values known by hand,
+    m1@t1 50, m2@t1 100, m1@t2 0, p1@t2 50."""
+    def turn(problem, right):
+        pred = problem.answer if right else str(int(problem.answer) + 1)
+        return {"response": f"\\boxed{{{pred}}}", "pred": pred, "reward": 1.0 if right else 0.0}
+
+    a, b = problems
+    row = lambda p, mode, sample, turns: {"id": p.id, "task": task.name, "mode": mode, "sample": sample, "prompt": task.prompt(p), "turns": turns}
+    sequential = [row(a, "sequential", 0, [turn(a, True), turn(a, False)]), row(b, "sequential", 0, [turn(b, False), turn(b, False)])]
+    parallel = [row(a, "parallel", 0, [turn(a, False)]), row(a, "parallel", 1, [turn(a, True)])]
+    parallel += [row(b, "parallel", i, [turn(b, True)]) for i in range(2)]
+    folder.mkdir(parents=True)
+    for name, rows in (("sequential", sequential), ("parallel", parallel)):
+        (folder / f"episodes.{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_transfer_to_another_difficulty(tmp_path, tiny_run):
     out = tmp_path / "transfer"
+    digits1 = TaskSpec.parse("arithmetic:digits=1").build()
+    seed_episodes(out / "boost" / "arithmetic_digits=1", digits1, digits1.load(limit=2))
     result = transfer(tiny_run, ["arithmetic:digits=1", "arithmetic:digits=2"], out, limit=2)
     assert result["seed"] == 3 and result["settings"]["turns"] == 2  # the run's own settings
     assert [(r["stage"], r["task"]) for r in result["rows"]] == [("boost", "arithmetic_digits=1"), ("boost", "arithmetic_digits=2")]
     row = result["rows"][0]
     assert (row["problems"], row["turns"], row["samples"]) == (2, 2, 2)
-    for key in ("m1@t1", "mP@t1", "m1@tK", "p1@tK"):
-        assert 0.0 <= row[key] <= 100.0
+    columns = ("m1@t1", "mP@t1", "m1@tK", "p1@tK")
+    assert {key: row[key] for key in columns} == {"m1@t1": 50.0, "mP@t1": 100.0, "m1@tK": 0.0, "p1@tK": 50.0}
+    assert hand_count(out / "boost" / "arithmetic_digits=1") == {key: row[key] for key in columns}
+    generated = result["rows"][1]  # the tiny model's own episodes, counted by hand
+    assert hand_count(out / "boost" / "arithmetic_digits=2") == {key: generated[key] for key in columns}
     metrics = json.loads((out / "boost" / "arithmetic_digits=1" / "metrics.json").read_text())
-    assert metrics["sequential"]["m1@t2"] == row["m1@tK"]
+    assert metrics["sequential"]["m1@t2"] == row["m1@tK"] and metrics["parallel"]["m2@t1"] == row["mP@t1"]
     episodes = out / "boost" / "arithmetic_digits=2" / "episodes.sequential.jsonl"
     assert "=?" in json.loads(episodes.read_text().splitlines()[0])["prompt"]
     table = (out / "transfer.md").read_text()
+    assert "| boost | arithmetic_digits=1 | 2 | 50.0 | 100.0 | 0.0 | 50.0 | -50.0 |" in table
     assert "| boost | arithmetic_digits=2 | 2 |" in table and "m1@t2 − m1@t1" in table
     assert (out / "transfer.png").exists()
 

@@ -107,10 +107,19 @@ def test_a_killed_worker_is_named_and_the_rerun_loses_and_duplicates_nothing(tmp
     assert launcher.returncode == 2
     assert "worker rank 1 died" in stderr and "during stage collect" in stderr and "run the same command again" in stderr
 
-    rerun = riselm("run", config, "distributed.processes=2")
+    # resumed with another process count (one): the shards the two left behind are folded in
+    partial = sum(len(p.read_text().splitlines()) for p in (out / "iter1" / "collect").glob("episodes*.jsonl"))
+    assert 3 <= partial < 40
+    rerun = riselm("run", config, "distributed.processes=1")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     episodes, rows = keyed(out / "iter1" / "collect" / "episodes.jsonl")
     assert len(episodes) == rows == 40  # every problem exactly once
+    assert not list((out / "iter1" / "collect").glob("*.rank*.jsonl"))
+    # and the episodes are those of an uninterrupted one-process run (seeds follow problems, not processes)
+    straight = tmp_path / "straight"
+    assert riselm("run", run_config(tmp_path, tiny_model_dir, straight, problems=40)).returncode == 0
+    reference, _ = keyed(straight / "iter1" / "collect" / "episodes.jsonl")
+    assert all(episodes[k]["turns"] == reference[k]["turns"] for k in reference)
 
 
 def test_riselm_train_under_accelerate_launch_on_two_cpu_processes(tmp_path, tiny_model_dir):
@@ -120,11 +129,19 @@ def test_riselm_train_under_accelerate_launch_on_two_cpu_processes(tmp_path, tin
     episodes = [Episode(f"p{i}", "toy", "collect", f"{i}+{i}=?", [Turn("no \\boxed{0}", "0", 0.0, feedback="Again."),
                                                                   Turn(f"\\boxed{{{2 * i}}}", str(2 * i), 1.0)]) for i in range(4)]
     write_jsonl(tmp_path / "episodes.jsonl", [e.to_dict() for e in episodes])
+    train = ["-m", "riselm.cli", "train", str(tmp_path / "episodes.jsonl"), "--model", str(tiny_model_dir),
+             "--set", "grad_accum=1", "--set", "epochs=1", "--set", "learning_rate=1e-2", "--set", "warmup_ratio=0"]
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--main_process_port", str(free_port()),
-         "-m", "riselm.cli", "train", str(tmp_path / "episodes.jsonl"), "--model", str(tiny_model_dir), "--out", str(tmp_path / "t"),
-         "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "epochs=1"],
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
+         *train, "--out", str(tmp_path / "t"), "--set", "batch_size=2"],
         env=env(), capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "t" / "final" / "config.json").exists() and not (tmp_path / "t" / "final.partial").exists()
+    # the same global batch of 4 samples in one process gives the same weights
+    one = subprocess.run([sys.executable, *train, "--out", str(tmp_path / "one"), "--set", "batch_size=4"], env=env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two, single, start = weights(tmp_path / "t" / "final"), weights(tmp_path / "one" / "final"), weights(tiny_model_dir)
+    assert max((single[k] - start[k]).abs().max() for k in start) > 1e-3
+    for key in single:
+        torch.testing.assert_close(two[key], single[key], rtol=1e-4, atol=1e-5)

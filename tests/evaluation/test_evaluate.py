@@ -2,9 +2,10 @@
 
 import json
 
-from riselm.evaluation.evaluate import evaluate, metrics_of_file
+from riselm.evaluation.evaluate import EvalResult, evaluate, metrics_of_file, write_report
 from riselm.generation.fake import ScriptedGenerator
 from riselm.settings import EvalSettings, SamplingSettings
+from riselm.tasks.base import Problem
 from tests.toy import ToyTask, attempt_number, question_value, toy_problems
 
 
@@ -34,11 +35,20 @@ def test_the_retry_message_follows_every_turn_even_a_right_one(tmp_path):
 
 
 def test_window_keeps_the_question_and_the_last_attempts(tmp_path):
-    gen = ScriptedGenerator(improving)
-    run(tmp_path, gen, EvalSettings(turns=4, window=2, parallel_samples=0), problems=toy_problems(1))
-    conversation = gen.calls[-1][0][0]
-    assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
-    assert conversation[0]["content"].endswith("What is 0+0?")
+    task = ToyTask()
+    gen = ScriptedGenerator([f"attempt {k}: \\boxed{{{k}}}" for k in range(1, 6)])  # the k-th completion is turn k
+    run(tmp_path, gen, EvalSettings(turns=5, window=3, parallel_samples=0), problems=toy_problems(1), task=task)
+    retry = task.retry_message(toy_problems(1)[0])
+    kept = [[m["content"] for m in call[0][0]] for call in gen.calls]
+    question = kept[0][0]
+    assert question.endswith("What is 0+0?")
+    assert kept == [  # the question, then only the last window - 1 = 2 attempts with their retry messages
+        [question],
+        [question, "attempt 1: \\boxed{1}", retry],
+        [question, "attempt 1: \\boxed{1}", retry, "attempt 2: \\boxed{2}", retry],
+        [question, "attempt 2: \\boxed{2}", retry, "attempt 3: \\boxed{3}", retry],
+        [question, "attempt 3: \\boxed{3}", retry, "attempt 4: \\boxed{4}", retry],
+    ]
 
 
 def test_greedy_settings_reach_the_backend(tmp_path):
@@ -114,3 +124,45 @@ def test_self_refine_asks_for_a_review_then_for_an_improved_answer(tmp_path):
     assert review_request[1]["content"] == turns[0]["response"] and review_request[2]["content"] == CRITIQUE_REQUEST
     final = gen.calls[4].conversations[0]
     assert [m["content"] for m in final[3:5]] == ["review of attempt 1", turns[0]["feedback"]]
+
+
+class KeyedToy(ToyTask):
+    """Answers have a canonical form (their value); `same_answer` must then never be needed."""
+
+    def answer_key(self, answer):
+        return float(answer)
+
+    def same_answer(self, a, b):
+        raise AssertionError("evaluation must vote by the task's answer_key")
+
+
+def test_evaluation_votes_by_the_task_s_canonical_answer_key(tmp_path):
+    answers = ["2", "1", "2.0", "3"]  # by value "2" and "2.0" win at turns 3 and 4; by text the latest answer would
+    gen = ScriptedGenerator(lambda c, s: f"\\boxed{{{answers[attempt_number(c) - 1]}}}")
+    problems = [Problem(id="two", question="What is 1+1?", answer="2")]
+    result = run(tmp_path, gen, EvalSettings(turns=4, parallel_samples=0), problems=problems, task=KeyedToy())
+    assert [result.sequential[f"m1@t{k}"] for k in range(1, 5)] == [100.0, 0.0, 100.0, 100.0]
+    assert metrics_of_file(tmp_path / "eval" / "episodes.sequential.jsonl", task=KeyedToy())["m1@t4"] == 100.0
+
+
+def test_report_says_when_problems_have_different_sample_counts(tmp_path):
+    def sample(pid, i, pred, reward):
+        turn = {"response": f"\\boxed{{{pred}}}", "pred": pred, "reward": reward}
+        return {"id": pid, "task": "toy", "mode": "parallel", "sample": i, "prompt": "q", "turns": [turn]}
+
+    rows = [sample("a", i, p, r) for i, (p, r) in enumerate([("1", 1.0), ("2", 0.0), ("2", 0.0)])]
+    rows += [sample("b", 0, "5", 1.0), {"id": "c", "task": "toy", "mode": "parallel", "sample": 0, "prompt": "q", "turns": []}]
+    path = tmp_path / "episodes.parallel.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parallel = metrics_of_file(path, task=ToyTask())
+    assert (parallel["samples"], parallel["samples_max"], parallel["problems_without_samples"]) == (1, 3, 1)
+    assert parallel["acc@t1"] == round(100 * (1 / 3 + 1) / 2, 2) and parallel["m3@t1"] == 0.0
+    sequential = {"num_problems": 3, "turns": 1, "acc@t1": 0.0, "p1@t1": 0.0, "m1@t1": 0.0}
+    out = tmp_path / "report"
+    out.mkdir()
+    write_report(EvalResult(out, sequential, parallel, 1.0, 0, 0.0), task="toy", model="m", settings=EvalSettings(turns=1, parallel_samples=3))
+    report = (out / "report.md").read_text()
+    assert "different parallel sample counts (problems: 1 with 3, 1 with 1, 1 with 0)" in report
+    assert "for k above 1 average only the problems with at least k samples" in report
+    assert "1 problem(s) have no parallel sample" in report
+    assert json.loads((out / "metrics.json").read_text())["parallel"]["sample_counts"] == {"0": 1, "1": 1, "3": 1}

@@ -57,6 +57,19 @@ def test_seeded_rows_draw_from_the_requested_distribution(sampling, expected):
     assert torch.allclose(torch.bincount(along, minlength=4) / len(along), expected, atol=0.015)
 
 
+@pytest.mark.parametrize("sampling, expected", DISTRIBUTIONS)
+def test_each_drawn_token_comes_with_its_log_prob_under_the_sampled_distribution(sampling, expected):
+    """The log-prob is that of the distribution sampled: after the temperature, and within the nucleus
+    renormalised (top_p 0.6 keeps 0.5 and 0.3: the first token has probability 0.625, not 0.5)."""
+    keys = [stream_key(seed, 0) for seed in range(2000)]
+    logits = PROBS.log().expand(len(keys), -1)
+    tokens, logprobs = decoding.draw(logits, sampling, RowStreams(keys, "cpu").exponential(0, 4))
+    assert set(tokens.tolist()) == {k for k in range(4) if expected[k] > 0}  # every kept token is drawn
+    torch.testing.assert_close(logprobs, expected[tokens].log())
+    assert torch.equal(tokens, next_tokens(logits, sampling, RowStreams(keys, "cpu").exponential(0, 4)))
+    assert decoding.draw(logits, Sampling(greedy=True))[1] is None
+
+
 def reference_noise(key: int, step: int, token: int) -> float:
     """The Exp(1) value RowStreams documents, computed with Python integers."""
     h = splitmix64(splitmix64(key, step), token)

@@ -276,3 +276,31 @@ def test_prompt_longer_than_the_model_positions_is_a_clear_error(char_tokenizer)
     too_long = [CONVERSATIONS[0], [{"role": "user", "content": "x" * 50}]]
     with pytest.raises(ValueError, match="conversation 1 has 69 prompt tokens; with max_new_tokens=20 it exceeds the model's 64"):
         generator.generate(too_long, GREEDY)
+
+
+@pytest.mark.parametrize("temperature, top_p", [(0.7, 1.0), (1.0, 0.8)])
+def test_sampled_tokens_come_with_the_log_probs_they_were_drawn_with(char_tokenizer, temperature, top_p):
+    """Each token's recorded log-prob is log softmax(logits / T) of an independent forward pass over the
+    prompt and the tokens before it, renormalised over the nucleus when top_p < 1; greedy records none."""
+    model = build_tiny_model(char_tokenizer, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
+    params = SamplingParams(n=3, temperature=temperature, top_p=top_p, max_new_tokens=12)
+    results = HFGenerator(model, char_tokenizer, batch_size=4).generate(CONVERSATIONS[:3], params, seeds=[1, 2, 3])
+    truncated_somewhere = False
+    for completions in results:
+        for c in completions:
+            assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids) > 0
+            ids = torch.tensor([c.prompt_ids + c.token_ids])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(c.prompt_ids) - 1 : -1].float() / temperature
+            probs = torch.softmax(logits, -1)
+            if top_p < 1:  # the nucleus: the most likely tokens until their mass reaches top_p
+                ordered, order = probs.sort(dim=-1, descending=True, stable=True)
+                kept = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, order, ordered.cumsum(-1) - ordered < top_p)
+                probs = torch.where(kept, probs, 0.0)
+                truncated_somewhere |= bool((~kept).any())
+                probs = probs / probs.sum(-1, keepdim=True)
+            expected = probs.gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1).log()
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, rtol=1e-4, atol=1e-4)
+    assert top_p == 1 or truncated_somewhere
+    greedy = HFGenerator(model, char_tokenizer).generate(CONVERSATIONS[:1], SamplingParams(temperature=0.0, max_new_tokens=4))
+    assert greedy[0][0].logprobs is None

@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from riselm.generation import SEED_LIMIT, Generator, check_seeds, stream_key
-from riselm.generation.base import splitmix64
+from riselm.generation.base import SamplingParams, splitmix64
 from riselm.generation.fake import ScriptedGenerator
 from riselm.generation.hf import HFGenerator
 from riselm.generation.openai_compat import OpenAIGenerator
@@ -25,6 +25,11 @@ def test_every_backend_is_a_generator_and_closes_twice(backend):
     assert isinstance(backend, Generator)
     backend.close()
     backend.close()
+    if isinstance(backend, ScriptedGenerator):  # the fake records the close and keeps answering (documented)
+        assert backend.closed
+        return
+    with pytest.raises(RuntimeError, match="is closed"):  # a closed generator does not generate any more
+        backend.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=2))
 
 
 def test_seeds_are_checked():

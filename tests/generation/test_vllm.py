@@ -175,6 +175,25 @@ def test_token_ids_are_the_sampled_tokens(engine, char_tokenizer):
             assert char_tokenizer.decode(list(completion.token_ids), skip_special_tokens=True) == completion.text
 
 
+def test_sampled_tokens_come_with_the_log_probs_they_were_drawn_with(engine, checkpoints):
+    """Asked for, each token's log-prob is that of softmax(logits / T) (vLLM's default gives the raw
+    model's, before the temperature): checked against a transformers forward pass of the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    params = SamplingParams(n=2, temperature=0.7, max_new_tokens=8, logprobs=True)
+    results = engine.generate(CONVERSATIONS[:2], params, seeds=[5, 500])
+    model = AutoModelForCausalLM.from_pretrained(checkpoints["base"], dtype=torch.float32)
+    for completions in results:
+        for c in completions:
+            assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids) > 0
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([c.prompt_ids + c.token_ids])).logits[0, len(c.prompt_ids) - 1 : -1]
+            expected = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+            torch.testing.assert_close(torch.tensor(c.logprobs), expected, rtol=1e-3, atol=1e-3)
+    unasked = engine.generate(CONVERSATIONS[:1], SamplingParams(temperature=0.7, max_new_tokens=4), seeds=[5])
+    assert unasked[0][0].logprobs is None
+
+
 def test_close_can_be_called_twice(engine):
     engine.close()
     engine.close()  # the fixture starts the engine again afterwards

@@ -212,8 +212,35 @@ def test_kl_is_zero_when_equal_to_reference_and_positive_otherwise():
     torch.testing.assert_close(grads(same, logits), grads(base, logits))  # k3's gradient is 0 at d = 0
     shifted, stats = policy_loss(lp, lp.detach(), adv, MASK, ref_logprobs=lp.detach() - 0.5, kl_coef=1.0)
     expected_kl = math.exp(-0.5) + 0.5 - 1
-    assert stats["kl_mean"].item() == pytest.approx(expected_kl, rel=1e-5)
-    assert (shifted - base).item() == pytest.approx(expected_kl, rel=1e-5)
+    assert stats["kl_mean"].item() == pytest.approx(expected_kl, rel=1e-5)  # the monitored value: k3
+    assert (shifted - base).item() == pytest.approx(0.5 * 0.5**2, rel=1e-5)  # the penalty: ½(log π − log π_ref)²
+
+
+@pytest.mark.parametrize("sampler", ["on_policy", "stale"])
+def test_the_kl_penalty_has_the_gradient_of_kl_from_the_policy_to_the_reference(sampler):
+    """Exact check on a categorical policy over 6 tokens: the penalty's expected gradient, every token
+    weighted by the probability the sampler draws it with, is autograd's gradient of the exact
+    KL(π‖π_ref) = Σ_a π(a)·(log π(a) − log π_ref(a)). k3's gradient is that of KL(π_ref‖π) (fails);
+    without the importance weight the stale sampler's expectation is another gradient (fails)."""
+    g = torch.Generator().manual_seed(4)
+    theta = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_()
+    log_ref = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), -1)
+    log_pi = torch.log_softmax(theta, -1)
+    exact = (log_pi.exp() * (log_pi - log_ref)).sum()
+    want = torch.autograd.grad(exact, theta, retain_graph=True)[0]
+    # the sampler: the policy itself, or an older policy (a stale engine, a later minibatch)
+    log_mu = log_pi.detach() if sampler == "on_policy" else torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), -1)
+    # one position per vocabulary token, as if that token had been sampled there; zero advantages
+    # leave the KL term alone, and normalizer=1 keeps each token's penalty unscaled
+    expected = 0.0
+    for token in range(6):
+        only = torch.zeros(1, 6, dtype=torch.bool)
+        only[0, token] = True
+        loss, _ = policy_loss(log_pi[None], log_mu[None], torch.zeros(1, 6), only,
+                              ref_logprobs=log_ref[None], kl_coef=1.0, normalizer=1.0)
+        expected = expected + log_mu[token].exp() * loss
+    got = torch.autograd.grad(expected, theta)[0]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_k3_kl_masks_infinite_positions():

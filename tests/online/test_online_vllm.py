@@ -6,6 +6,7 @@ Skipped without vLLM; CI runs it in the vLLM virtual environment (.ci/run).
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("vllm", exc_type=ImportError)
 
@@ -32,3 +33,39 @@ def test_online_with_vllm_syncs_the_engine_and_trains(tmp_path, caplog):
     assert [r["step"] for r in rows] == [1, 2] and all(r["action_tokens"] > 0 for r in rows)
     assert (tmp_path / "online" / "sync" / "config.json").exists() and (tmp_path / "online" / "final" / "config.json").exists()
     assert [s.name for s in stages] == ["online"]
+
+
+def test_after_each_sync_the_engine_serves_the_trained_weights(tmp_path, monkeypatch):
+    """Right after every sync, the engine's log-probs of what it samples are those of the weights just
+    trained (a transformers forward of the synced directory), not those of the starting model."""
+    from transformers import AutoModelForCausalLM
+
+    from riselm.generation.base import SamplingParams
+    from riselm.generation.vllm import VLLMGenerator
+
+    served = []
+    real_reload = VLLMGenerator.reload
+
+    def reload_and_sample(self, model):
+        real_reload(self, model)
+        params = SamplingParams(temperature=1.0, max_new_tokens=8, logprobs=True)
+        completion = self.generate([[{"role": "user", "content": "What is 2+3?"}]], params, seeds=[0])[0][0]
+        served.append((AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32), completion))
+
+    monkeypatch.setattr(VLLMGenerator, "reload", reload_and_sample)
+    # awr always moves the weights (it imitates the samples); pg would not if every reward were equal
+    settings, shape = demo_config(tmp_path, OVERRIDES + ["online.objective=awr"])
+    init_model(tmp_path / "init", shape)
+    run_pipeline(settings, show_progress=False)
+    start = AutoModelForCausalLM.from_pretrained(tmp_path / "init", dtype=torch.float32)
+
+    def logprobs(model, c):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([c.prompt_ids + c.token_ids])).logits[0, len(c.prompt_ids) - 1 : -1]
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
+
+    assert len(served) == 2  # online.steps=2, sync_every=1
+    for synced, completion in served:
+        got = torch.tensor(completion.logprobs)
+        torch.testing.assert_close(got, logprobs(synced, completion), rtol=1e-3, atol=1e-3)
+        assert (got - logprobs(start, completion)).abs().max() > 1e-2  # the starting weights give other log-probs

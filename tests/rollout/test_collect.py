@@ -78,10 +78,18 @@ def test_resume_skips_finished_problems_and_survives_a_torn_last_line(tmp_path):
 
 
 def test_limit_and_window(tmp_path):
-    learner = ScriptedGenerator(lambda c, s: "\\boxed{-1}")
+    learner = ScriptedGenerator([f"attempt {k}: \\boxed{{-{k}}}" for k in range(1, 5)])  # the k-th completion is turn k
     settings = CollectSettings(max_turns=4, window=2, limit=1, schedule=schedule(("learner", 1)))
-    episodes = collect(ToyTask(), learner, toy_problems(3)[1:], tmp_path / "e.jsonl", settings, show_progress=False)
+    task, problems = ToyTask(), toy_problems(3)[1:]
+    episodes = collect(task, learner, problems, tmp_path / "e.jsonl", settings, show_progress=False)
     assert [e.id for e in episodes] == ["p1"]
     assert episodes[0].window == 2
-    last_conversation = learner.calls[-1][0][0]  # turn 4: the question, the last attempt, its retry message
-    assert [m["role"] for m in last_conversation] == ["user", "assistant", "user"]
+    assert [t.response for t in episodes[0].turns] == [f"attempt {k}: \\boxed{{-{k}}}" for k in range(1, 5)]
+    question, retry = task.prompt(problems[0]), task.retry_message(problems[0])
+    kept = [[m["content"] for m in call[0][0]] for call in learner.calls]
+    assert kept == [  # the question, then only the last window - 1 = 1 attempt with its retry message
+        [question],
+        [question, "attempt 1: \\boxed{-1}", retry],
+        [question, "attempt 2: \\boxed{-2}", retry],
+        [question, "attempt 3: \\boxed{-3}", retry],
+    ]

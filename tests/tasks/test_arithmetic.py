@@ -95,6 +95,16 @@ def test_integer_scoring():
     assert task.same_answer("12", "012") and not task.same_answer("12", "13")
 
 
+def test_answer_key_is_a_canonical_form_of_same_answer():
+    """Voting groups by the key (riselm.evaluation.metrics.vote_groups): it must agree with same_answer."""
+    task = ArithmeticTask()
+    answers = ["12", "012", " 12.", "13", "-12", "12.5", "x", " x", "twelve"]
+    for a in answers:
+        for b in answers:
+            assert (task.answer_key(a) == task.answer_key(b)) == task.same_answer(a, b), (a, b)
+    assert task.answer_key("012") == task.answer_key("12") != task.answer_key("13")
+
+
 def test_retry_restates_the_question_without_the_answer():
     task = ArithmeticTask()
     problem = task.load("test", limit=1)[0]

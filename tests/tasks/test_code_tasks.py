@@ -212,6 +212,16 @@ def test_same_answer_is_canonical_code_equality(mbpp):
     assert not mbpp.same_answer("def f(x):\n    return x+1", "def f(x):\n    return x+2")
 
 
+def test_answer_key_is_a_canonical_form_of_same_answer(mbpp):
+    answers = ["def f(x):\n    return x+1", "def f(x):  # comment\n    return (x + 1)", "def f(x):\n    return x+2",
+               "  def broken(:", "def broken(:", "a[ 1 ]", "a[1]"]
+    for task in (mbpp, CoNaLaTask()):
+        for a in answers:
+            for b in answers:
+                assert (task.answer_key(a) == task.answer_key(b)) == task.same_answer(a, b), (a, b)
+        assert task.answer_key(answers[0]) == task.answer_key(answers[1]) != task.answer_key(answers[2])
+
+
 def test_mbpp_rows_from_a_user_file(mbpp, tmp_path):
     path = tmp_path / "mine.jsonl"
     row = {

@@ -80,6 +80,30 @@ def test_same_answer_groups_equal_numbers():
     assert not task.same_answer("x", "18")
 
 
+def test_large_golds_are_compared_exactly():
+    """Relative 1e-6 made 1,000,001 right for a gold of 1,000,000 (2 test and 16 train golds are that large)."""
+    task = GSM8KTask()
+    problem = task.problem_from_row({"question": "q", "answer": "#### 1,000,000"}, "x")
+    assert task.score(problem, "\\boxed{1,000,000}").correct and task.score(problem, "\\boxed{1000000.0}").correct
+    for wrong in ("1000001", "999,999", "1000000.5"):
+        assert not task.score(problem, f"\\boxed{{{wrong}}}").correct, wrong
+        assert not task.same_answer(wrong, "1000000") and not task.same_answer("1000000", wrong)
+    assert task.answer_key("1,000,001") != task.answer_key("1000000") == task.answer_key("1000000.00")
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        ["1,600", "1600.0", "$1600", "1601", "1600.5", "x", " x", "18", "3/4", "0.75", "0.750", "twelve"],
+    ],
+)
+def test_answer_key_is_a_canonical_form_of_same_answer(answers):
+    task = GSM8KTask()
+    for a in answers:
+        for b in answers:
+            assert (task.answer_key(a) == task.answer_key(b)) == task.same_answer(a, b), (a, b)
+
+
 def test_split_gsm8k_answer_rejects_rows_without_a_final_number():
     assert split_gsm8k_answer("2 + 2 = <<2+2=4>>4\n#### 4") == ("2 + 2 = 4", "4")
     with pytest.raises(ValueError, match="####"):

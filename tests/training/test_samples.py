@@ -178,3 +178,16 @@ def test_first_turn_samples_for_the_single_turn_baselines():
     assert [(s.episode_id, s.response) for s in rwr] == [("a", "right"), ("a", "wrong"), ("b", "junk"), ("c", "attempt 0 \\boxed{0}")]
     assert [s.weight for s in rwr] == pytest.approx([math.exp(2), 1.0, math.exp(-2), 1.0])
     assert all(len(s.messages) == 2 and s.turn == 0 for s in rwr)  # single turn: no retry context
+
+
+def test_truncated_turns_are_never_trained_but_stay_in_later_contexts():
+    """A response cut at max_new_tokens would be closed with the end-of-turn token: it must not be trained."""
+    cut = episode([0.0, 0.0, 1.0], ["a long answer that was cut", "attempt 1 \\boxed{1}", "attempt 2 \\boxed{4}"])
+    cut.turns[0].truncated = True
+    samples = samples_from_episodes([cut])
+    assert [s.turn for s in samples] == [1, 2]
+    assert samples[0].messages[1]["content"] == "a long answer that was cut"  # still in the context
+    assert all(s.sample == cut.sample for s in samples)
+    first = episode([1.0], ["cut mid-answer \\boxed{4}"], eid="p2")
+    first.turns[0].truncated = True
+    assert first_turn_samples([first]) == [] and first_turn_samples([first], weighted=True) == []

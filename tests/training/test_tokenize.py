@@ -12,6 +12,7 @@ from riselm.training.tokenize import (
     TemplateError,
     WeightedCollator,
     render_final_turn,
+    rows_of,
     tokenize_sample,
     tokenize_samples,
 )
@@ -153,10 +154,10 @@ def test_tokenize_samples_drops_too_long_and_carries_weights():
     tok = chatml_tokenizer()
     short = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "a", 0)
     long = TrainingSample(CONVERSATION[:2] + [{"role": "assistant", "content": "x" * 200}], 1.0, 12.0, "b", 0)
-    rows = tokenize_samples(tok, [short, long, short], max_length=100)
-    assert len(rows) == 2 and [r["weights"] for r in rows] == [[1.0], [1.0]]
-    rows = tokenize_samples(tok, [short, long], max_length=400)
-    assert [r["weights"] for r in rows] == [[1.0], [12.0]]
+    items = tokenize_samples(tok, [short, long, short], max_length=100)
+    assert len(items) == 2 and [r["weight"] for r in items] == [1.0, 1.0]
+    items = tokenize_samples(tok, [short, long], max_length=400)
+    assert [(r["weight"], r["episode"]) for r in items] == [(1.0, "a\x1f0"), (12.0, "b\x1f0")]
 
 
 def test_shared_prefix_rows_hold_every_turn_of_an_episode():
@@ -164,8 +165,8 @@ def test_shared_prefix_rows_hold_every_turn_of_an_episode():
     turn1 = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "ep", 0)
     turn2 = TrainingSample(CONVERSATION[:5], 1.0, 12.0, "ep", 1)
     other = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "other", 0)
-    separate = tokenize_samples(tok, [turn1, turn2, other], max_length=512)
-    shared = tokenize_samples(tok, [turn1, turn2, other], max_length=512, share_prefixes=True)
+    items = tokenize_samples(tok, [turn1, turn2, other], max_length=512)
+    separate, shared = rows_of(items), rows_of(items, share_prefixes=True)
     assert len(separate) == 3 and len(shared) == 2
     row = next(r for r in shared if len(r["weights"]) == 2)
     assert row["input_ids"] == separate[1]["input_ids"]
@@ -182,8 +183,18 @@ def test_shared_prefix_falls_back_to_own_row_when_truncated():
     turn1 = TrainingSample(CONVERSATION[:3], 0.0, 1.0, "ep", 0)
     turn2 = TrainingSample(CONVERSATION[:5], 1.0, 12.0, "ep", 1)
     length = len(tokenize_samples(tok, [turn2], max_length=512)[0]["input_ids"])
-    rows = tokenize_samples(tok, [turn1, turn2], max_length=length - 3, share_prefixes=True)
+    rows = rows_of(tokenize_samples(tok, [turn1, turn2], max_length=length - 3), share_prefixes=True)
     assert len(rows) == 2  # turn 2 lost its first context tokens: turn 1 is no longer its prefix
+
+
+def test_episodes_of_one_problem_share_rows_only_within_each_episode():
+    """Two episodes (samples 0 and 1) of one problem: each shares its own turns, never the other's."""
+    tok = chatml_tokenizer()
+    other_history = [*CONVERSATION[:2], {"role": "assistant", "content": "A different first try."}, *CONVERSATION[3:5]]
+    first = [TrainingSample(CONVERSATION[: 2 * t + 3], 0.0, 1.0, "q", t, sample=0) for t in range(2)]
+    second = [TrainingSample(other_history[: 2 * t + 3], 0.0, 1.0, "q", t, sample=1) for t in range(2)]
+    rows = rows_of(tokenize_samples(tok, first + second, max_length=512), share_prefixes=True)
+    assert sorted(len(r["weights"]) for r in rows) == [2, 2]  # one row per episode, both turns in it
 
 
 # ---- batches ----------------------------------------------------------------------------------
@@ -194,14 +205,14 @@ def test_collator_pads_and_packs_with_sample_indices_and_weights():
         {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7], "owners": [0, 0, 0], "weights": [2.0]},
         {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9], "owners": [0, 0], "weights": [0.5]},
     ]
-    padded = WeightedCollator(pad_token_id=0)(rows)
+    padded = WeightedCollator(pad_token_id=0).collate_rows(rows)
     assert padded["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert padded["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX, 9, IGNORE_INDEX]]
     assert padded["sample_index"].tolist() == [[0, 0, 0], [1, 1, -1]]
     assert padded["sample_weights"].tolist() == [2.0, 0.5]
 
-    packed = WeightedCollator(pad_token_id=0, pack=True)(rows)
+    packed = WeightedCollator(pad_token_id=0, pack=True).collate_rows(rows)
     assert "attention_mask" not in packed
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
@@ -215,10 +226,10 @@ def test_collator_numbers_several_samples_of_one_row():
         {"input_ids": [5, 6, 7, 8], "labels": [IGNORE_INDEX, 6, IGNORE_INDEX, 8], "owners": [0, 1, 0, 0], "weights": [2.0, 3.0]},
         {"input_ids": [8, 9], "labels": [IGNORE_INDEX, 9], "owners": [0, 0], "weights": [0.5]},
     ]
-    padded = WeightedCollator(pad_token_id=0)(rows)
+    padded = WeightedCollator(pad_token_id=0).collate_rows(rows)
     assert padded["sample_index"].tolist() == [[0, 1, 0, 0], [2, 2, -1, -1]]
     assert padded["sample_weights"].tolist() == [2.0, 3.0, 0.5]
-    packed = WeightedCollator(pad_token_id=0, pack=True)(rows)
+    packed = WeightedCollator(pad_token_id=0, pack=True).collate_rows(rows)
     assert packed["sample_index"].tolist() == [[0, 1, 0, 0, 2, 2]]
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from riselm.models import build_tiny_model
 from riselm.rollout.episode import Episode, Turn
 from riselm.training.samples import TrainingSample
-from riselm.training.tokenize import WeightedCollator, tokenize_samples
+from riselm.training.tokenize import EpisodeOrder, WeightedCollator, tokenize_samples
 from riselm.settings import LoraSettings, RunSettings, TrainSettings
 from riselm.training.trainer import WeightedTrainer, train_from_file, train_weighted, training_arguments
 
@@ -61,10 +61,10 @@ def make_trainer(model, tmp_path, tok):
 
 
 def batch(tok, samples, pack=False, weights=None, share_prefixes=False):
-    rows = tokenize_samples(tok, samples, max_length=512, share_prefixes=share_prefixes)
+    items = tokenize_samples(tok, samples, max_length=512)
     if weights is not None:
-        rows = [{**r, "weights": [w]} for r, w in zip(rows, weights)]
-    return WeightedCollator(tok.pad_token_id, pack=pack)(rows)
+        items = [{**r, "weight": w} for r, w in zip(items, weights)]
+    return WeightedCollator(tok.pad_token_id, pack=pack, share_prefixes=share_prefixes)(items)
 
 
 def grads(trainer, model, inputs) -> list[torch.Tensor]:
@@ -108,6 +108,48 @@ def test_shared_prefix_rows_give_the_same_loss_and_gradients_as_one_row_per_turn
     assert trainer.compute_loss(model, shared).item() == pytest.approx(trainer.compute_loss(model, separate).item(), rel=1e-5)
     for a, b in zip(grads(trainer, model, shared), grads(trainer, model, separate)):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def episode_samples(episodes: int = 6) -> list[TrainingSample]:
+    """The samples of RISE episodes of 1 to 3 turns (every turn trained), as `samples_from_episodes` makes them."""
+    out = []
+    for e in range(episodes):
+        history = [{"role": "user", "content": f"{e}*7?"}]
+        for t in range(1 + e % 3):
+            history = history + [{"role": "assistant", "content": f"try {t}: \\boxed{{{7 * e + t}}}"}]
+            out.append(TrainingSample(list(history), float(t == e % 3), [1.0, 12.18][t == e % 3], f"p{e}", t))
+            history = history + [{"role": "user", "content": "Try again."}]
+    return out
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_sharing_prefixes_takes_the_same_steps_and_ends_with_the_same_weights(tmp_path, char_tokenizer, epochs):
+    """batch_size counts samples: with shared rows the run takes as many steps, over the same samples, to the same weights."""
+    tok, samples = char_tokenizer, episode_samples()
+    assert len(samples) == 12
+    runs = {}
+    for share in (False, True):
+        model, counter = make_model(tok), CountSteps()
+        cfg = config(batch_size=4, grad_accum=1, epochs=epochs, share_prefixes=share, save_steps=1000, learning_rate=0.2)
+        train_weighted(model, samples, tmp_path / str(share), cfg, tokenizer=tok, callbacks=[counter])
+        runs[share] = (params(model), counter.steps)
+    assert runs[False][1] == runs[True][1] == 3 * epochs  # 12 samples, 4 a step
+    start = params(make_model(tok))
+    assert max((a - b).abs().max() for a, b in zip(runs[True][0], start)) > 1e-3
+    for a, b in zip(runs[False][0], runs[True][0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_episode_order_keeps_episodes_together_and_reshuffles_each_epoch(char_tokenizer):
+    items = tokenize_samples(char_tokenizer, episode_samples(), max_length=512)
+    order = EpisodeOrder(items, seed=3)
+    first = list(order)
+    assert sorted(first) == list(range(len(items)))
+    episodes = [items[i]["episode"] for i in first]
+    assert all(episodes.index(e) + episodes.count(e) - 1 == len(episodes) - 1 - episodes[::-1].index(e) for e in set(episodes))
+    order.set_epoch(1)
+    assert list(order) != first and sorted(order) == sorted(first)
+    assert list(EpisodeOrder(items, seed=3)) == first  # the seed and the epoch alone decide
 
 
 def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tmp_path, char_tokenizer):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from riselm.verify import sandbox
-from riselm.verify.sandbox import Limits, SandboxError, caller, isolation, run_program, run_programs, runner
+from riselm.verify.sandbox import Isolation, Limits, SandboxError, caller, isolation, run_program, run_programs, runner
 
 FAST = Limits(cpu_seconds=2, wall_seconds=10)
 
@@ -333,10 +333,59 @@ def test_no_network_connection_reaches_the_host():
             server.accept()  # nothing ever connected
 
 
+_NAMESPACE_PROBE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+USER, MOUNT, PID, NET = 0x10000000, 0x00020000, 0x20000000, 0x40000000
+works = libc.unshare(USER | MOUNT | PID | NET) == 0 or (os.getuid() == 0 and libc.unshare(MOUNT | PID | NET) == 0)
+sys.exit(0 if works else 1)
+"""
+
+_LOOK_AROUND = """
+import os
+print("net", os.readlink("/proc/self/ns/net"))
+print("pid", os.readlink("/proc/self/ns/pid"))
+print("root", [line.split()[5] for line in open("/proc/self/mountinfo") if line.split()[4] == "/"][-1])
+print("procs", sum(name.isdigit() for name in os.listdir("/proc")))
+"""
+
+
+def _seen(output: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in output.splitlines() if line.split(" ", 1)[0] in ("net", "pid", "root", "procs"))
+
+
+def _root_options() -> str:
+    return [line.split()[5] for line in open("/proc/self/mountinfo") if line.split()[4] == "/"][-1]
+
+
+def _assert_reported_is_what_the_program_sees(result) -> None:
+    reported, inside = result.isolation, _seen(result.output)
+    assert result.passed, result.reason
+    assert (inside["net"] != os.readlink("/proc/self/ns/net")) == (reported.network == "netns"), inside
+    assert (inside["pid"] != os.readlink("/proc/self/ns/pid")) == (reported.processes == "pidns"), inside
+    if reported.filesystem == "read-only":
+        assert inside["root"].split(",")[0] == "ro", inside
+    else:  # "permissions": nothing was remounted
+        assert reported.filesystem == "permissions" and inside["root"] == _root_options(), inside
+    if reported.processes == "pidns":  # init and the program alone in their /proc exactly when it can count them
+        assert reported.process_limit == ("per-sandbox" if int(inside["procs"]) <= 3 else "none"), inside
+    else:
+        assert reported.process_limit == ("none" if os.getuid() == 0 else "per-user")
+
+
 def test_isolation_is_reported():
-    assert isolation().network in ("netns", "socket-guard")
-    assert isolation().filesystem in ("read-only", "permissions")
-    assert isolation().processes in ("pidns", "process-group")
+    """The reported isolation is what this machine gives: namespaces when a fresh process can unshare them
+    (probed here, apart from the sandbox), and each reported level matches what a program inside sees
+    (its own network and PID namespaces, a read-only root, a /proc of its own few processes)."""
+    namespaces = subprocess.run([sys.executable, "-c", _NAMESPACE_PROBE]).returncode == 0
+    reported = isolation()
+    assert (reported.network, reported.processes) == (("netns", "pidns") if namespaces else ("socket-guard", "process-group"))
+    result = run(_LOOK_AROUND)
+    assert result.isolation == reported
+    _assert_reported_is_what_the_program_sees(result)
+    fallback = run_program(_LOOK_AROUND, replace(FAST, use_namespaces=False))
+    assert fallback.isolation == Isolation("socket-guard", "process-group", "permissions", "none" if os.getuid() == 0 else "per-user")
+    _assert_reported_is_what_the_program_sees(fallback)
 
 
 def test_signalling_the_parent_does_not_kill_the_caller():

@@ -74,13 +74,53 @@ def test_parse_number_rejects_non_numbers(text):
     assert parse_number(text) is None
 
 
-def test_numbers_equal_uses_a_tolerance_and_reads_strings():
+def test_numbers_equal_reads_strings_and_tolerates_float_rounding():
     assert numbers_equal("1,600", 1600)
-    assert numbers_equal(0.1 + 0.2, 0.3)
+    assert numbers_equal(0.1 + 0.2, 0.3)  # floats carry rounding error: a tiny tolerance applies
     assert numbers_equal("$18.00", "18")
     assert not numbers_equal("18", "18.5")
     assert not numbers_equal("18", None)
     assert not numbers_equal("eighteen", "eighteen")
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("1000001", "1000000"),  # equal under the old relative 1e-6 tolerance
+        ("1,000,001", "1000000"),
+        ("192000001", "192000000"),  # the size of GSM8K's largest train gold
+        ("12345678901234567", "12345678901234568"),  # equal as floats: integers are read exactly
+        (1000001, 1000000),
+        (1e17, 1e17 + 16),  # two different integers, even as floats
+        ("1000000.5", "1000000"),  # a decimal 0.5 away is not within a tolerance either
+        ("0.000001", "0.000002"),  # small decimals are not all one number
+        ("0.33", "1/3"),  # a written decimal is its exact value, not a rounding of another
+        ("2.5", "2.5000001"),
+        ("0.0000000001", "0.0000000002"),  # written numbers get no tolerance at all
+        (1000000.5, 1000000.0),  # a float's tolerance is for rounding error only
+    ],
+)
+def test_different_numbers_are_never_equal(a, b):
+    assert not numbers_equal(a, b)
+    assert not numbers_equal(b, a)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("1000000", "1,000,000"),
+        ("1000000", "1000000.00"),
+        ("0.5", "1/2"),
+        ("0.75", "\\frac{3}{4}"),
+        ("-2.50", "-5/2"),
+        ("12345678901234567", "12,345,678,901,234,567"),
+        (0.1 + 0.2, "0.3"),  # a float near the written decimal: rounding error only
+        (2.5, "2.5"),
+    ],
+)
+def test_equal_numbers_written_differently_are_equal(a, b):
+    assert numbers_equal(a, b)
+    assert numbers_equal(b, a)
 
 
 def test_exact_number_is_strict():
