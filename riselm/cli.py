@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 
+from riselm.rundir import NOT_CONTENT, model_identity as _model_identity, without
 from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, default
 
 app = typer.Typer(
@@ -75,6 +76,14 @@ def _options(pairs: list[str]) -> dict:
     from riselm.config import apply_overrides
 
     return _run(apply_overrides, {}, pairs)
+
+
+def _claim(out: Path, overwrite: bool, *, model: str | None, data: str | Path | None = None, **identity: Any) -> None:
+    """Claim the output directory for this command's settings (riselm.rundir): resume only the same work."""
+    from riselm.rundir import claim, data_identity, model_identity
+
+    identity = {**identity, "model": model_identity(model), "data": data_identity(data)}
+    _run(claim, out, identity, overwrite)
 
 
 def _sampling(temperature: float, top_p: float, max_new_tokens: int) -> dict:
@@ -144,6 +153,7 @@ def eval_command(
     out: Path = typer.Option(Path("runs/eval"), "--out", "-o", help="Output directory (re-running resumes)."),
     unparsable_reward: float = typer.Option(0.0),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds other work: move it aside to OUT.old-N and start afresh."),
 ) -> None:
     """Multi-turn evaluation: episodes, metrics.json, report.md and accuracy.png in --out."""
     from riselm.evaluation.evaluate import evaluate
@@ -159,6 +169,9 @@ def eval_command(
     generator_settings = _settings(GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size, options=_options(backend_option)))
     task_obj = _run(get_task, task, unparsable_reward=unparsable_reward, **_options(task_option))
     problems = _run(task_obj.load, split=where.eval_split, data=where.eval_data, limit=where.eval_limit)
+    _claim(out, overwrite, command="eval", model=model, backend=backend, backend_options=generator_settings.options,
+           task=task, task_options=_options(task_option), unparsable_reward=unparsable_reward, split=where.eval_split,
+           data=data, limit=limit, seed=seed, settings=without(settings.model_dump(), ["chunk_size", "base"]))
     generator = _run(build, generator_settings, model)
     try:
         _run(evaluate, task_obj, generator, out, settings, problems=problems, seed=seed)
@@ -190,6 +203,7 @@ def collect_command(
     seed: int = typer.Option(0, help="The run seed; with each problem's id and turn it seeds every conversation."),
     out: Path = typer.Option(Path("runs/collect"), "--out", "-o", help="Writes OUT/episodes.jsonl (re-running resumes)."),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds other work: move it aside to OUT.old-N and start afresh."),
 ) -> None:
     """RISE data collection: on-policy turns, then best-of-N from the learner or an expert after each wrong turn."""
     from riselm.config import parse_schedule
@@ -212,6 +226,9 @@ def collect_command(
         _fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
     task_obj = _run(get_task, task, **_options(task_option))
     problems = _run(task_obj.load, split=where.train_split, data=where.train_data, limit=where.train_limit)
+    _claim(out, overwrite, command="collect", model=model, backend=backend, task=task, task_options=_options(task_option),
+           split=where.train_split, data=data, limit=limit, seed=seed, settings=without(settings.model_dump(), ["chunk_size"]),
+           expert=_model_identity(expert) if "expert" in wanted else None, expert_backend=expert_backend if "expert" in wanted else None)
     generators = {"learner": _run(build, _settings(GeneratorSettings, dict(backend=backend, batch_size=batch_size)), model)}
     try:
         if "expert" in wanted:
@@ -236,6 +253,7 @@ def train_command(
     dedup: bool = typer.Option(default(SamplesSettings, "dedup")),
     window: Optional[str] = typer.Option(None, help="Context window of the samples: N attempts, or 'all' (default: the episodes' own)."),
     option: list[str] = typer.Option([], "--set", help="Training setting KEY=VALUE (see TrainSettings), repeatable."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds other work: move it aside to OUT.old-N and start afresh."),
 ) -> None:
     """Reward-weighted training on the final turn of each sample (full or LoRA; accelerate-launchable)."""
     from riselm.models import resolve_model_dir
@@ -249,6 +267,8 @@ def train_command(
     settings = _run(validate, TrainSettings, _options(option), "--set")
     context = EPISODE_WINDOW if window is None else None if window == "all" else _window(window)
     model_dir = _run(resolve_model_dir, model)  # named models and GGUF files become a checkpoint directory
+    _claim(out, overwrite, command="train", model=model, data=data, samples=samples.model_dump(), window=context,
+           settings=without(settings.model_dump(), NOT_CONTENT["train"]))
     final = _run(train_from_file, data, model_dir, out, settings, samples, context)
     typer.echo(f"trained model in {final}")
 
@@ -263,30 +283,35 @@ def _window(text: str) -> int:
 def run_command(
     config: Path = typer.Argument(..., help="A run config YAML (see configs/)."),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. iterations=3 train.learning_rate=2e-5."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="the run directory holds other work: move it aside to DIR.old-N and start afresh."),
 ) -> None:
     """The RISE loop: optional boost, then iterations of collect -> samples -> train -> evaluate. Resumable."""
     from riselm.config import load_config
 
     settings = _run(load_config, config, overrides or [])
-    _pipeline(settings, ["run", str(config), *(overrides or [])])
+    _pipeline(settings, ["run", str(config), *(overrides or [])], overwrite)
 
 
 @app.command("demo")
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="The run directory (re-running resumes)."),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the demo config."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="the run directory holds other work: move it aside to DIR.old-N and start afresh."),
 ) -> None:
     """The embedded default: the whole RISE loop on the synthetic task with a tiny model, on CPU, in minutes."""
     from riselm.demo import prepare_demo
 
-    settings = _run(prepare_demo, out, overrides or [])
+    settings = _run(prepare_demo, out, overrides or [], overwrite)
     _pipeline(settings, ["demo", "--out", str(out), *(overrides or [])])
 
 
-def _pipeline(settings, argv: list[str]) -> None:
+def _pipeline(settings, argv: list[str], overwrite: bool = False) -> None:
     """Run the pipeline here, or start its worker processes (distributed.processes > 1) running `argv`."""
     from riselm import distributed
-    from riselm.pipeline import run_pipeline
+    from riselm.pipeline import run_identity, run_pipeline
+    from riselm.rundir import claim
+
+    _run(claim, settings.out, run_identity(settings), overwrite)
 
     if distributed.needs_launch(settings.distributed):
         _run(distributed.launch, settings.distributed, Path(settings.out), argv)

@@ -92,9 +92,13 @@ def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
     return path
 
 
-def prepare_demo(out: str | Path, overrides: list[str] = ()) -> RunSettings:
-    """The demo's settings, with its from-scratch model written into `out` (once)."""
+def prepare_demo(out: str | Path, overrides: list[str] = (), overwrite: bool = False) -> RunSettings:
+    """The demo's settings, with its from-scratch model written into `out` (once, after claiming `out`)."""
+    from riselm.pipeline import run_identity
+    from riselm.rundir import claim
+
     settings, shape = demo_config(out, overrides)
+    claim(out, run_identity(settings), overwrite)
     init_model(Path(settings.model), shape, seed=settings.seed)
     check_model_specs(settings)
     return settings

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from riselm.files import write_json
 from riselm.settings import DistributedSettings
 
 WORKER_ENV = "RISELM_WORKER"  # set in the processes the launcher starts
@@ -150,16 +151,14 @@ def set_stage(out: Path, current: World, stage: str) -> None:
     """Record which stage this worker is in (read by the launching command when a worker fails)."""
     if current.size > 1:
         path = Path(out) / STATUS_DIR / f"rank{current.rank}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"stage": stage}))
+        write_json(path, {"stage": stage})
 
 
 def set_error(out: Path, current: World, error: BaseException) -> None:
     if current.size > 1:
         path = Path(out) / STATUS_DIR / f"rank{current.rank}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         status = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps({**status, "error": f"{type(error).__name__}: {error}"[:300]}))
+        write_json(path, {**status, "error": f"{type(error).__name__}: {error}"[:300]})
 
 
 def stage_of(out: Path, rank: int) -> str | None:

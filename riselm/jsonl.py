@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from riselm.files import dumps, write_text_atomic
 
 
 class DataError(ValueError):
@@ -32,7 +35,7 @@ def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[tuple
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected a JSON Lines file")
     with _open_bytes(path) as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, raw in enumerate(_damage_checked(f, path), start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -54,6 +57,14 @@ def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[tuple
             yield lineno, row
 
 
+def _damage_checked(lines, path: Path):
+    """The file's lines; a damaged or truncated gzip file is a DataError naming it."""
+    try:
+        yield from lines
+    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: damaged or truncated compressed file ({e}); expected a whole gzip file") from None
+
+
 def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
     return [row for _, row in iter_jsonl(path, required)]
 
@@ -65,7 +76,7 @@ def read_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if name.endswith(".json"):
         with _open_text(path) as f:
             try:
-                data = json.load(f)
+                data = json.loads("".join(_damage_checked(f, path)))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
             except UnicodeDecodeError:
@@ -77,24 +88,8 @@ def read_json_or_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows atomically: a crash leaves either the old file or the new one, never half of one."""
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a whole text file so that a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write rows atomically (riselm.files): a crash leaves either the old file or the new one, never half of one."""
+    write_text_atomic(path, "".join(dumps(row) + "\n" for row in rows))
 
 
 class JsonlAppender:
@@ -111,7 +106,7 @@ class JsonlAppender:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.write(dumps(row) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
 

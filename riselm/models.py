@@ -102,6 +102,10 @@ class ModelNotFoundError(FileNotFoundError):
     """A model spec that names nothing loadable; the message says what was tried."""
 
 
+class DamagedModelError(ValueError):
+    """A model directory whose weight files cannot be read whole."""
+
+
 def riselm_cache_dir() -> Path:
     """Where converted models are cached: $RISELM_CACHE, else ~/.cache/riselm."""
     return Path(os.environ.get("RISELM_CACHE") or Path.home() / ".cache" / "riselm")
@@ -143,6 +147,23 @@ def resolve_model_dir(spec: str | os.PathLike) -> Path:
         raise ModelNotFoundError(_not_found_message(spec, error)) from error
 
 
+def load_causal_lm(location: str | os.PathLike, **options):
+    """`AutoModelForCausalLM.from_pretrained`, where a damaged or truncated weight file is a one-line
+    error naming the directory (safetensors' own error names neither)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(location, **options)
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError" and not (isinstance(error, OSError) and "weights" in str(error)):
+            raise
+        files = ", ".join(sorted(p.name for p in Path(location).glob("*.safetensors"))) if Path(location).is_dir() else ""
+        raise DamagedModelError(
+            f"{location}: the model's weights ({files or 'weight files'}) are damaged or incomplete ({error}); "
+            "save or download the model again"
+        ) from None
+
+
 def load_model_and_tokenizer(spec: str | os.PathLike, device=None, dtype=None):
     """Load a causal LM and its tokenizer from a spec (see `resolve_model_dir`), ready for generation.
 
@@ -151,7 +172,7 @@ def load_model_and_tokenizer(spec: str | os.PathLike, device=None, dtype=None):
     left (needed for batched generation) and uses eos as pad token when it has none.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     location = _locate_model(spec)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,7 +180,7 @@ def load_model_and_tokenizer(spec: str | os.PathLike, device=None, dtype=None):
         dtype = getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype or "auto")
+        model = load_causal_lm(location, dtype=dtype or "auto")
     except OSError as error:  # the Hub lookup of something that is no local path
         if isinstance(location, Path):
             raise

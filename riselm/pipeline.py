@@ -29,8 +29,10 @@ from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
 from riselm.generation.base import Generator
 from riselm.generators import Learner, build
-from riselm.jsonl import write_jsonl, write_text_atomic
+from riselm.files import write_text_atomic
+from riselm.jsonl import write_jsonl
 from riselm.progress import timed
+from riselm.rundir import claim
 from riselm.rollout.collect import collect
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.settings import RunSettings, TrainSettings
@@ -131,6 +133,7 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
     eval_problems = task.load(t.eval_split, t.eval_data, t.eval_limit)
     out = Path(settings.out)
     if current.main:
+        claim(out, run_identity(settings))  # a library call into another run's directory stops here too
         write_text_atomic(out / "config.yaml", yaml.safe_dump(settings.model_dump(), sort_keys=False))
     current.barrier()
     return Run(settings, task, train_problems, eval_problems, out, show_progress, current)
@@ -269,6 +272,18 @@ def evaluate_stage(
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+
+def run_identity(settings: RunSettings) -> dict:
+    """What decides a run directory's content (riselm.rundir): every setting but the speed ones."""
+    from riselm.rundir import NOT_CONTENT, data_identity, model_identity, without
+
+    identity = without(settings.model_dump(), NOT_CONTENT["run"])
+    identity["model"] = model_identity(settings.model, settings.out)
+    identity["train_model"] = model_identity(settings.train_model, settings.out)
+    for key in ("train_data", "eval_data"):
+        identity["task"][key] = data_identity(settings.task.model_dump()[key])
+    return identity
 
 
 def set_cpu_threads(threads: int, processes: int = 1) -> None:

@@ -7,11 +7,11 @@ extracted final answer, or null) and `reward` added, and `feedback` where the ta
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from riselm.files import dumps
 from riselm.jsonl import DataError, iter_jsonl, write_jsonl
 from riselm.tasks import Task, get_task
 
@@ -32,7 +32,7 @@ def score_file(task_name: str, path: str | Path, output: str | Path | None = Non
     scored = _score_numbered(task, list(iter_jsonl(path, required)), str(path))
     if output is None:
         for row in scored:
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sys.stdout.write(dumps(row) + "\n")
         sys.stdout.flush()
     else:
         write_jsonl(output, scored)

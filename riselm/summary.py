@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from riselm.evaluation.report import plot_turn_curves
-from riselm.jsonl import write_text_atomic
+from riselm.files import write_json, write_text_atomic
 
 
 @dataclass
@@ -53,7 +53,7 @@ def write_summary(out: Path, stages: Sequence[StageResult], title: str = "RISE")
     """summary.json, summary.md and summary.png in `out`."""
     keys = table_keys(stages)
     summary = {"keys": keys, "stages": [s.row(keys) for s in stages]}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     lines = [f"# {title}", "", "| stage | " + " | ".join(keys) + " | acc@tk |", "|---|" + "---|" * (len(keys) + 1)]
     for row in summary["stages"]:
         cells = ["–" if row[k] is None else f"{row[k]:.1f}" for k in keys]

@@ -108,3 +108,104 @@ def test_a_malformed_run_override_names_it(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(f"out: {tmp_path / 'run'}\n")
     one_clean_error(invoke("run", config, "train.learning_rate=[1,"), "train.learning_rate=[1,", "not valid YAML")
+
+
+# ---- nonsense is refused, never silently accepted -----------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"], ids=["empty", "blank"])
+def test_an_episodes_file_without_episodes_is_an_error(tmp_path, text):
+    path = tmp_path / "e.jsonl"
+    path.write_text(text)
+    one_clean_error(invoke("metrics", path), "e.jsonl", "no episodes")
+
+
+def test_episodes_without_turns_are_reported_not_counted(tmp_path):
+    path = tmp_path / "e.jsonl"
+    rows = [{"id": "a", "task": "gsm8k", "mode": "sequential", "turns": []},
+            {"id": "b", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "\\boxed{1}", "pred": "1", "reward": 1}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("metrics", path, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["num_problems"] == 1 and metrics["episodes_without_turns"] == 1 and metrics["acc@t1"] == 100.0
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("", ["d.jsonl", "no problems"]),
+        ('{"question": 12345, "answer": "#### 4"}\n', ["d.jsonl:1", "'question'", "string"]),
+    ],
+    ids=["empty", "wrong-type"],
+)
+def test_bad_data_files_are_named(tmp_path, tiny_model_dir, content, words):
+    data = tmp_path / "d.jsonl"
+    data.write_text(content)
+    one_clean_error(invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", data, "--out", tmp_path / "o"), *words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_local_data_file_is_named_at_once(tmp_path, tiny_model_dir):
+    one_clean_error(invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", "nope.jsonl", "--out", tmp_path / "o"),
+                    "nope.jsonl", "no such file")
+
+
+def test_a_truncated_gzip_data_file_is_named(tmp_path, tiny_model_dir):
+    import gzip
+
+    whole = gzip.compress(b'{"question": "2+2?", "answer": "#### 4"}\n' * 50)
+    data = tmp_path / "d.jsonl.gz"
+    data.write_bytes(whole[: len(whole) // 2])
+    one_clean_error(invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", data, "--out", tmp_path / "o"),
+                    "d.jsonl.gz", "damaged or truncated")
+
+
+def test_a_damaged_weight_file_is_named(tmp_path, tiny_model_dir):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+    result = invoke("eval", "--model", model, "--task", "arithmetic", "--limit", 1, "--turns", 1, "--parallel", 0, "--out", tmp_path / "o")
+    one_clean_error(result, str(model), "model.safetensors", "damaged")
+
+
+def test_infinite_floats_are_refused_and_json_files_stay_valid(tmp_path):
+    from riselm.files import write_json
+
+    one_clean_error(invoke("eval", "--model", tmp_path, "--task", "arithmetic", "--temperature", "inf", "--out", tmp_path / "o"),
+                    "--temperature", "finite")
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "x.json", {"a": float("nan")})
+    assert not list(tmp_path.glob("*x.json*"))
+
+
+def test_compare_refuses_a_non_numeric_metric(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"keys": ["m1@t1"], "stages": [{"name": "iter1", "m1@t1": "high"}]}))
+    one_clean_error(invoke("compare", run, "--out", tmp_path / "c"), "summary.json", "m1@t1", "number")
+
+
+# ---- nothing is written half-way ----------------------------------------------------------------
+
+
+def test_a_report_that_cannot_be_written_leaves_the_old_one_whole(tmp_path, tiny_model_dir, monkeypatch):
+    import errno
+    import os
+
+    out = tmp_path / "e"
+    args = ["eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 2, "--turns", 1, "--parallel", 0,
+            "--max-new-tokens", 4, "--task-option", "test_size=4", "--task-option", "train_size=4", "--out", out]
+    assert invoke(*args).exit_code == 0
+    before = {name: (out / name).read_bytes() for name in ("metrics.json", "report.md", "accuracy.png")}
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    one_clean_error(invoke(*args), "No space left")
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]

@@ -19,9 +19,9 @@ from riselm.analysis.budget import (
     read_budget_file,
     run_budgets,
 )
-from riselm.analysis.render import markdown_table, pyplot, save_figure, write_json
+from riselm.analysis.render import markdown_table, pyplot, save_figure
 from riselm.analysis.runs import RunDir, read_run
-from riselm.jsonl import write_text_atomic
+from riselm.files import write_json, write_text_atomic
 
 _COLUMN_KINDS = [  # Table 1's column kinds, in the order they are shown
     re.compile(r"m1@t1$"),

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from riselm.analysis.render import markdown_table, pct, pyplot, save_figure, write_json
+from riselm.analysis.render import markdown_table, pct, pyplot, save_figure
 from riselm.evaluation.metrics import AnswerKey, majority_correct
-from riselm.jsonl import DataError, write_text_atomic
+from riselm.files import write_json, write_text_atomic
+from riselm.jsonl import DataError
 from riselm.rollout.episode import Episode, Turn, read_episodes
 
 SameAnswer = Callable[[str, str], bool]

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from riselm.analysis.render import markdown_table, pyplot, save_figure, write_json
+from riselm.analysis.render import markdown_table, pyplot, save_figure
 from riselm.analysis.runs import RunDir, models_of, read_run
 from riselm.generation.base import Conversation
-from riselm.jsonl import write_text_atomic
+from riselm.files import write_json, write_text_atomic
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task

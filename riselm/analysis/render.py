@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from riselm.jsonl import write_text_atomic
+from riselm import files
 
 MISSING = "–"  # the cell of a value a run or stage does not have
 
@@ -36,10 +35,6 @@ def pct(hits: int, total: int) -> float | None:
     return round(100.0 * hits / total, 2) if total else None
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
 def pyplot():
     """matplotlib's pyplot on the Agg backend: the analyses write files and never need a display."""
     import matplotlib
@@ -53,8 +48,7 @@ def pyplot():
 def save_figure(fig, path: Path) -> Path:
     """Save small (the plots go into the repository's results) and free the figure."""
     plt = pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    files.save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path

@@ -104,6 +104,11 @@ def read_run(path: str | Path) -> RunDir:
     keys = summary.get("keys") or []
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise DataError(f"{summary_path}: 'keys' must be a list of metric names")
+    for row in stages:
+        for key in keys:
+            value = row.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise DataError(f"{summary_path}: stage {row['name']!r}: {key} must be a number or null, got {value!r:.40}")
     return RunDir(path=path, keys=keys, stages=stages, config=_read_config(path / CONFIG_FILE))
 
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from riselm.analysis.render import markdown_table, pyplot, save_figure, write_json
+from riselm.analysis.render import markdown_table, pyplot, save_figure
 from riselm.analysis.runs import RunDir, models_of, read_run
-from riselm.jsonl import write_text_atomic
+from riselm.files import write_json, write_text_atomic
 from riselm.settings import EvalSettings, GeneratorSettings
 from riselm.tasks.base import Task
 

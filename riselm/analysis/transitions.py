@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from riselm.analysis.render import markdown_table, pct, pyplot, save_figure, write_json
-from riselm.jsonl import DataError, write_text_atomic
+from riselm.analysis.render import markdown_table, pct, pyplot, save_figure
+from riselm.files import write_json, write_text_atomic
+from riselm.jsonl import DataError
 from riselm.rollout.episode import Episode, read_episodes
 
 KINDS = ("right_right", "right_wrong", "wrong_right", "wrong_wrong")

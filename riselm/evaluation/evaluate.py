@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from riselm.files import write_json, write_text_atomic
+from riselm.jsonl import DataError
 from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequential_metrics
 from riselm.evaluation.report import parallel_note, plot_turn_curves, turn_table
 from riselm.generation.base import Generator
@@ -110,7 +111,7 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
     """metrics.json, report.md and accuracy.png in the result's out_dir."""
     out = result.out_dir
     meta = {"task": task, "model": model, "settings": settings.model_dump()}
-    (out / "metrics.json").write_text(json.dumps({**meta, **result.summary()}, indent=2) + "\n")
+    write_json(out / "metrics.json", {**meta, **result.summary()})
     title = title or f"{model} on {task}"
     seq = result.sequential
     note = parallel_note(result.parallel)  # problems with different parallel sample counts
@@ -126,7 +127,7 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
         f"Wall time {result.wall_s:.1f} s, {result.generated_tokens} tokens generated ({result.tokens_per_s:.1f} tokens/s).",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_text_atomic(out / "report.md", "\n".join(lines))
     plot_turn_curves({model: seq}, out / "accuracy.png", title=title, parallel={model: result.parallel} if result.parallel else None)
 
 
@@ -137,6 +138,8 @@ def metrics_of_file(path: str | Path, task: Task | None = None) -> dict[str, Any
     (written by another tool) are compared as exact answer strings.
     """
     episodes = read_episodes(path)
+    if not episodes:
+        raise DataError(f"{path}: no episodes in it; expected one episode (a JSON object with 'turns') a line")
     tasks = {e.task for e in episodes}
     if len(tasks) > 1:
         raise ValueError(f"{path}: episodes of several tasks {sorted(tasks)}; compute metrics per task")

@@ -107,12 +107,20 @@ def _pct(hits: int, total: int) -> float:
 
 
 def sequential_metrics(episodes: Sequence[Episode], same: SameAnswer, key: AnswerKey | None = None) -> dict[str, float | int]:
-    """acc@tk, p1@tk, m1@tk for k = 1..K and per-turn transitions, over sequential episodes."""
+    """acc@tk, p1@tk, m1@tk for k = 1..K and per-turn transitions, over sequential episodes.
+
+    An episode without any turn (a collection whose every candidate was junk) is no attempt: it is
+    left out of every value and counted in `episodes_without_turns`.
+    """
+    empty = sum(1 for e in episodes if not e.turns)
+    episodes = [e for e in episodes if e.turns]
     if not episodes:
-        return {"num_problems": 0}
+        return {"num_problems": 0, **({"episodes_without_turns": empty} if empty else {})}
     max_turns = max(len(e.turns) for e in episodes)
     n = len(episodes)
     out: dict[str, float | int] = {"num_problems": n, "turns": max_turns}
+    if empty:
+        out["episodes_without_turns"] = empty
     for k in range(1, max_turns + 1):
         # An episode shorter than k (stopped early) keeps its last turn's state for later turns.
         prefix = [e.turns[:k] for e in episodes]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from riselm.files import save_figure
+
 
 def turn_table(sequential: dict[str, Any], parallel: dict[str, Any] | None = None) -> str:
     """A markdown table with one row per turn k: acc@tk, p1@tk, m1@tk, transitions, and mk@t1 / pass@k when run."""
@@ -83,7 +85,6 @@ def plot_turn_curves(
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path

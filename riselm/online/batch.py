@@ -13,15 +13,15 @@ state, with the same credit settings (`credit.candidate_advantages`: the continu
 is its return-to-go, the others' their own shaped reward), and every candidate, not only the chosen
 one, is trained; with `chosen_only` only the continued candidates, credited as turns of their episodes.
 
-Behaviour log-probs: a row carries the log-prob the sampler gave each of its action tokens, looked
-up by (prompt ids, action ids) in what the sampler recorded (riselm.online.behaviour); the policy
+Behaviour log-probs: a row carries the log-prob the sampler gave each of its action tokens, as the
+backend recorded it while sampling (`Candidate.logprobs`, from `Completion.logprobs`); the policy
 gradient's importance ratios are taken against them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 
@@ -46,26 +46,16 @@ class ActionRow:
     logprobs: tuple[float, ...] | None = None
 
 
-SamplerLogprobs = Mapping[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, ...] | None]
-
-
-def action_rows(
-    groups: Sequence[Sequence[Episode]], credit: CreditSettings, chosen_only: bool = False,
-    sampler_logprobs: SamplerLogprobs | None = None,
-) -> list[ActionRow]:
-    """Every sampled action of the episodes (grouped by problem) with its advantage; with `chosen_only`,
-    only the actions the episodes continued with (each credited as a turn of its episode).
-
-    sampler_logprobs: the log-probs the sampler recorded, by (prompt ids, action ids); rows whose
-    action is not in it get None.
-    """
+def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings, chosen_only: bool = False) -> list[ActionRow]:
+    """Every sampled action of the episodes (grouped by problem) with its advantage and the sampler's
+    log-probs; with `chosen_only`, only the actions the episodes continued with (each credited as a
+    turn of its episode)."""
     advantages = turn_advantages([[[t.reward for t in e.turns] for e in episodes] for episodes in groups], credit)
-    recorded = sampler_logprobs or {}
     rows: list[ActionRow] = []
 
     def add(turn, candidate, advantage: float, t: int) -> None:
-        logprobs = recorded.get((turn.prompt_ids, candidate.token_ids))
-        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, advantage, t, is_degenerate(candidate.response), logprobs))
+        junk = is_degenerate(candidate.response)
+        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, advantage, t, junk, candidate.logprobs))
 
     for episodes, problem_advantages in zip(groups, advantages):
         for episode, episode_advantages in zip(episodes, problem_advantages):

@@ -31,7 +31,6 @@ import torch
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
 from riselm.evaluation.evaluate import evaluate
 from riselm.online.batch import action_rows
-from riselm.online.behaviour import SamplerLog
 from riselm.online.monitor import Monitor, rollout_stats
 from riselm.online.update import PolicyUpdater
 from riselm.rollout.engine import RolloutSpec, Step, conversation_seed, rollout
@@ -77,24 +76,23 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
     The live policy is evaluated into `stage_dir/eval-step{N}` every `eval_every` steps; the final
     model is evaluated by the caller like every other stage's.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from riselm.models import resolve_model_dir
+    from riselm.models import load_causal_lm, resolve_model_dir
 
     s = run.settings.online
     final = stage_dir / "final"
     if final.exists():
         return str(final)
     start_dir = resolve_model_dir(start_model)
-    model = AutoModelForCausalLM.from_pretrained(start_dir, dtype=torch.float32)
+    model = load_causal_lm(start_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     updater = PolicyUpdater(model, s, pad_id, temperature=s.sampling.temperature)
     done = _resume(stage_dir, model, updater)
     generator = _policy_generator(run, model, tokenizer, stage_dir)
     monitor = Monitor(stage_dir, s.report_to, done, run.show_progress, s.steps)
-    sampler = SamplerLog(generator)  # records each sampled token's log-prob: the ratios' behaviour policy
-    schedule = [Step(sampler, n, source="learner") for n in s.candidates]
+    schedule = [Step(generator, n, source="learner") for n in s.candidates]
     try:
         if _evaluates_at(s, done):  # killed during the evaluation after its checkpoint: finish it first
             _evaluate_live(run, generator, stage_dir, done)
@@ -104,11 +102,8 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
             start = time.perf_counter()
             problems = step_problems(run.train_problems, step, s.problems_per_step, run.settings.seed)
             tokens_before = generator.stats.generated_tokens
-            sampler.take()  # nothing but this step's samples
             episodes = rollout(run.task, problems, schedule, step_spec(run, step), show_progress=False, timings=timings)
-            rows = action_rows(
-                group_by_problem(episodes), s.credit, chosen_only=s.train_candidates == "chosen", sampler_logprobs=sampler.take()
-            )
+            rows = action_rows(group_by_problem(episodes), s.credit, chosen_only=s.train_candidates == "chosen")
             update_start = time.perf_counter()
             stats = updater.step(rows, number)
             timings["update"] = time.perf_counter() - update_start

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from riselm.files import save_figure
 from riselm.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 from riselm.rollout.episode import Episode
 
@@ -107,7 +108,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 

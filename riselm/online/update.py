@@ -9,7 +9,7 @@ so the update depends neither on the micro-batch size nor on what is skipped for
 kl_coef 0, rows of zero advantage have a zero gradient and get no forward pass, but still count).
 
 Ratios: the policy gradient's importance ratios, in every pass, are taken against the log-probs the
-sampler recorded for the tokens it drew (`ActionRow.logprobs`, riselm.online.behaviour), never
+sampler recorded for the tokens it drew (`ActionRow.logprobs`, from the rollout's candidates), never
 against the training model's own: the engine may serve older weights (vLLM with sync_every > 1) and
 computes with other kernels. For awr, junk rows (loops, absurd words) are no part of the batch:
 never imitated, and not counted either.
@@ -72,7 +72,7 @@ class PolicyUpdater:
             if missing:
                 raise OnlineError(
                     f"step {step}: {missing} of {len(rows)} actions have no log-probs from the sampler; the policy "
-                    "gradient's ratios need them (generate through riselm.online.behaviour.SamplerLog, hf or vllm backend)"
+                    "gradient's ratios need them (roll out with keep_candidates on the hf or vllm backend)"
                 )
         groups = self._minibatches(rows, step)
         if not any(batches for _, batches in groups):  # nothing to train: still measure entropy and KL

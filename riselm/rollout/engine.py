@@ -25,6 +25,7 @@ with finished (problem, sample) pairs skipped, so nothing is lost or duplicated.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,8 @@ class RolloutSpec:
     chunk_size: int = 256  # problems rolled out (and saved) together
     drop_degenerate: bool = False  # never choose a junk candidate; an episode whose candidates are all junk ends
     system: str | None = None  # an optional system message before the prompt
-    keep_candidates: bool = False  # keep every candidate and the token ids on the turns, in memory (online RL)
+    # keep every candidate with its token ids and the sampler's log-probs on the turns, in memory (online RL)
+    keep_candidates: bool = False
     feedback: Literal["retry", "self_refine"] = "retry"  # what follows a turn (see `self_refine`)
     stage: str = ""  # folded into every conversation seed (collection: the iteration), "" for none
     # never take an action worse than the episode's last one (RISE collection): the episode ends instead
@@ -162,7 +164,10 @@ def _rollout_chunk(
         conversations = [episodes[i].messages(window=spec.window) for i in active]
         seeds = [conversation_seed(spec.seed, episodes[i].id, episodes[i].sample, turn, spec.stage) for i in active]
         with timed(timings, "generate"):
-            candidates = step.generator.generate(conversations, spec.sampling.params(step.n), seeds=seeds)
+            params = spec.sampling.params(step.n)
+            if spec.keep_candidates:
+                params = dataclasses.replace(params, logprobs=True)
+            candidates = step.generator.generate(conversations, params, seeds=seeds)
         flat_problems = [chunk[i][0] for i, cands in zip(active, candidates) for _ in cands]
         with timed(timings, "score"):
             flat_scores = task.score_many(flat_problems, [c.text for cands in candidates for c in cands])
@@ -228,4 +233,4 @@ def self_refine(
 
 
 def _candidates(completions: Sequence[Completion], scores: Sequence[Score]) -> list[Candidate]:
-    return [Candidate(c.text, s.reward, s.pred, c.token_ids) for c, s in zip(completions, scores)]
+    return [Candidate(c.text, s.reward, s.pred, c.token_ids, c.logprobs) for c, s in zip(completions, scores)]

@@ -25,6 +25,9 @@ class Candidate:
     reward: float  # the task's reward for it
     pred: str | None  # its extracted final answer
     token_ids: tuple[int, ...] | None  # the ids as sampled (end-of-turn token included), None if unknown
+    # the sampler's log-prob of each of those ids, from the distribution it drew them from (online RL's
+    # behaviour policy); None if unknown
+    logprobs: tuple[float, ...] | None = None
 
 
 @dataclass

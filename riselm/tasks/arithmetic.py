@@ -45,6 +45,7 @@ class ArithmeticTask(Task):
     name = "arithmetic"
     splits = ("train", "test")
     row_fields = ("question", "answer")
+    text_fields = ("question",)  # the answer may be written as a JSON integer
     instruction = "Compute. Answer in \\boxed{}."
     retry_template = "Incorrect. Try again: {question}"
 

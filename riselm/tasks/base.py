@@ -51,6 +51,7 @@ class Task(ABC):
     splits: ClassVar[tuple[str, ...]]
     default_split: ClassVar[str] = "test"
     row_fields: ClassVar[tuple[str, ...]]  # the fields of one row of the task's own files
+    text_fields: ClassVar[tuple[str, ...] | None] = None  # those that must be strings (None: every row field)
     files: ClassVar[dict[str, str]] = {}  # split -> file shipped under riselm/data/
     instruction: str = DEFAULT_INSTRUCTION
     retry_template: str = DEFAULT_RETRY
@@ -68,6 +69,8 @@ class Task(ABC):
             rows, source = self._rows_from_user_source(data, split)
         else:
             rows, source = self._rows_from_shipped(split), f"riselm/data/{self.files.get(split, '')}"
+        if not rows:
+            raise DataError(f"{source}: no problems in it; expected {self.name} rows holding {', '.join(map(repr, self.row_fields))}")
         if limit is not None:
             rows = rows[:limit]
         return [self.problem_of_row(row, i, split, source) for i, row in enumerate(rows)]
@@ -80,6 +83,9 @@ class Task(ABC):
                 f"{source}:{index + 1}: missing field(s) {', '.join(map(repr, missing))}; "
                 f"a {self.name} row holds {', '.join(map(repr, self.row_fields))}"
             )
+        for name in self.row_fields if self.text_fields is None else self.text_fields:
+            if not isinstance(row[name], str):
+                raise DataError(f"{source}:{index + 1}: field {name!r} must be a string, got {type(row[name]).__name__} {row[name]!r:.40}")
         try:
             return self.problem_from_row(row, default_id=f"{split}-{index}")
         except (KeyError, TypeError, ValueError) as e:

@@ -177,6 +177,7 @@ class MBPPTask(ExecutedCodeTask):
     name = "mbpp"
     splits = ("test", "train", "validation", "prompt", "sanitized")
     row_fields = ("task_id", "code", "test_list")  # + "text" (original) or "prompt" (sanitized)
+    text_fields = ("code",)  # task_id is an integer, test_list a list
     files = {split: "mbpp/mbpp.jsonl.gz" for split in _MBPP_SPLIT_IDS} | {"sanitized": "mbpp/sanitized-mbpp.json.gz"}
 
     def _rows_from_shipped(self, split: str) -> list[dict]:
@@ -243,6 +244,7 @@ class CoNaLaTask(Task):
     name = "conala"
     splits = ("test", "train")
     row_fields = ("intent", "snippet")  # + "rewritten_intent" (may be null), "question_id"
+    text_fields = ("snippet",)  # intent may be null when rewritten_intent is given
     files = {"test": "conala/conala-test.json.gz", "train": "conala/conala-train.json.gz"}
     instruction = (
         "Write a short Python snippet (usually one line) that does what is asked below. "

@@ -13,7 +13,6 @@ tokenizer to `output_dir/final`. Multi-GPU runs (DDP, FSDP, DeepSpeed ZeRO-3) go
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from riselm.files import write_json
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
 from riselm.settings import SamplesSettings, TrainSettings
 from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
@@ -172,7 +172,9 @@ def train_weighted(
     checkpoint in `output_dir` (one cut short by a kill or a full disk is ignored and removed).
     `final/` appears only once it is whole: it is written under another name and renamed.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from riselm.models import load_causal_lm
 
     config = settings
     output_dir = Path(output_dir)
@@ -183,9 +185,7 @@ def train_weighted(
         tokenizer = AutoTokenizer.from_pretrained(model_or_path)
     model = model_or_path
     if isinstance(model_or_path, (str, Path)):
-        model = AutoModelForCausalLM.from_pretrained(
-            model_or_path, dtype=torch.float32, attn_implementation=config.attn_implementation
-        )
+        model = load_causal_lm(model_or_path, dtype=torch.float32, attn_implementation=config.attn_implementation)
     if config.lora:
         model = _with_lora(model, config)
 
@@ -218,7 +218,7 @@ def train_weighted(
     _save_final(trainer, config, partial)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(partial)
-        (output_dir / "train_config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+        write_json(output_dir / "train_config.json", config.model_dump())
         publish(partial, final)
     trainer.accelerator.wait_for_everyone()
     return final

@@ -52,18 +52,17 @@ def test_rows_are_the_prompt_ids_and_the_sampled_ids(make_tokenizer):
 
 
 def test_rows_carry_the_log_probs_the_sampler_drew_their_tokens_with():
-    """Sampled through the online loop's SamplerLog: every row (candidates included) holds the sampler's
+    """Rolled out as the online loop does (keep_candidates): every row (candidates included) holds the sampler's
     log-prob of each action token, and `collate` puts them where the training forward scores that token."""
-    from riselm.online.behaviour import SamplerLog
     from riselm.online.loss import token_logprobs
 
     tok = chatml()
     model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
-    sampler = SamplerLog(HFGenerator(model, tok, batch_size=8))
+    sampler = HFGenerator(model, tok, batch_size=8)
     spec = RolloutSpec(mode="online", turns=2, stop_when_correct=False, episodes_per_problem=2, keep_candidates=True,
                        sampling=SamplingSettings(temperature=0.8, max_new_tokens=8), seed=1)
     episodes = rollout(ToyTask(), toy_problems(2), [Step(sampler), Step(sampler, n=2)], spec, show_progress=False)
-    rows = action_rows([episodes[:2], episodes[2:]], CreditSettings(), sampler_logprobs=sampler.take())
+    rows = action_rows([episodes[:2], episodes[2:]], CreditSettings())
     assert len(rows) == 2 * 2 * (1 + 2) and all(r.logprobs is not None for r in rows)
     batch = collate(rows, pad_id=tok.pad_token_id)
     with torch.no_grad():

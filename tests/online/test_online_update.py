@@ -22,7 +22,6 @@ from riselm.generation.base import SamplingParams
 from riselm.generation.hf import HFGenerator
 from riselm.models import build_char_tokenizer, build_tiny_model
 from riselm.online.batch import ActionRow, OnlineError, collate
-from riselm.online.behaviour import SamplerLog
 from riselm.online.loss import token_logprobs
 from riselm.online.update import PolicyUpdater
 from riselm.settings import OnlineSettings
@@ -142,13 +141,11 @@ def test_ratios_are_taken_against_the_stale_sampler_that_drew_the_tokens():
         for p in live.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     temperature = 0.8
-    log = SamplerLog(HFGenerator(sampler_model, tok, batch_size=8))
+    sampler = HFGenerator(sampler_model, tok, batch_size=8)
     conversation = [{"role": "user", "content": "1+1?"}]
-    completions = log.generate([conversation], SamplingParams(n=3, temperature=temperature, max_new_tokens=6), seeds=[7])[0]
-    recorded = log.take()
-    rows = [ActionRow(c.prompt_ids, c.token_ids, adv, 0, logprobs=recorded[(c.prompt_ids, c.token_ids)])
-            for c, adv in zip(completions, [1.0, -0.5, 0.7])]
-    assert not log.recorded  # taken
+    params = SamplingParams(n=3, temperature=temperature, max_new_tokens=6, logprobs=True)
+    completions = sampler.generate([conversation], params, seeds=[7])[0]
+    rows = [ActionRow(c.prompt_ids, c.token_ids, adv, 0, logprobs=c.logprobs) for c, adv in zip(completions, [1.0, -0.5, 0.7])]
 
     # by hand: ρ_t = exp(log π_live − log π_sampler), both from independent forward passes
     before = row_logprobs(sampler_model, rows, tok.pad_token_id, temperature)

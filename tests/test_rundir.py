@@ -1,0 +1,116 @@
+"""An output directory records what made it: the same command resumes, another one stops with one line."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from riselm.cli import app
+from riselm.rundir import IDENTITY_FILE, RunDirError, claim, first_difference
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error(result, *words):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_claim_records_checks_and_moves_aside(tmp_path):
+    out = tmp_path / "out"
+    claim(out, {"task": "a", "sampling": {"temperature": 1.0}})
+    (out / "episodes.jsonl").write_text("{}\n")
+    claim(out, {"task": "a", "sampling": {"temperature": 1.0}})  # the same: resume
+    with pytest.raises(RunDirError, match=r"sampling.temperature=1.0, not sampling.temperature=0.5.*--overwrite"):
+        claim(out, {"task": "a", "sampling": {"temperature": 0.5}})
+    claim(out, {"task": "b"}, overwrite=True)
+    assert json.loads((out / IDENTITY_FILE).read_text()) == {"task": "b"} and not (out / "episodes.jsonl").exists()
+    assert (tmp_path / "out.old-1" / "episodes.jsonl").read_text() == "{}\n"  # moved aside, never deleted
+    claim(out, {"task": "c"}, overwrite=True)
+    assert (tmp_path / "out.old-2" / IDENTITY_FILE).exists()
+
+
+def test_a_directory_of_unknown_origin_is_not_taken_over(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="no record"):
+        claim(tmp_path, {"task": "a"})
+
+
+def test_first_difference_names_the_dotted_key():
+    assert first_difference({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}}) == ("b.c", 2, 3)
+    assert first_difference({"a": 1}, {"a": 1, "z": None}) is None
+    assert first_difference({"a": 1}, {"a": 1, "z": 5}) == ("z", None, 5)
+
+
+EVAL = ["eval", "--task", "arithmetic", "--limit", 2, "--turns", 2, "--parallel", 0, "--max-new-tokens", 4,
+        "--task-option", "test_size=5", "--task-option", "train_size=5"]
+
+
+def test_eval_resumes_only_its_own_work(tmp_path, tiny_model_dir):
+    out = tmp_path / "e"
+    assert invoke(*EVAL, "--model", tiny_model_dir, "--out", out).exit_code == 0
+    before = (out / "episodes.sequential.jsonl").read_text()
+    again = invoke(*EVAL, "--model", tiny_model_dir, "--out", out, "--chunk-size", 1, "--batch-size", 3)  # speed only
+    assert again.exit_code == 0, again.output
+    assert (out / "episodes.sequential.jsonl").read_text() == before
+    one_error(invoke(*EVAL[:6], 3, *EVAL[7:], "--model", tiny_model_dir, "--out", out), "settings.turns=2", "settings.turns=3")
+    one_error(invoke(*EVAL, "--model", tiny_model_dir, "--out", out, "--task-option", "digits=2"), "task_options")
+    one_error(invoke(*EVAL, "--model", tmp_path / "nope", "--out", out), "model=")
+    assert (out / "episodes.sequential.jsonl").read_text() == before  # nothing was mixed in
+    moved = invoke(*EVAL[:6], 3, *EVAL[7:], "--model", tiny_model_dir, "--out", out, "--overwrite")
+    assert moved.exit_code == 0, moved.output
+    assert (tmp_path / "e.old-1" / "episodes.sequential.jsonl").read_text() == before
+    assert all(len(json.loads(line)["turns"]) == 3 for line in (out / "episodes.sequential.jsonl").read_text().splitlines())
+
+
+def test_train_into_a_directory_of_other_data_stops(tmp_path, tiny_model_dir):
+    from riselm.jsonl import write_jsonl
+    from riselm.rollout.episode import Episode, Turn
+
+    for name, answer in (("a", "4"), ("b", "5")):
+        write_jsonl(tmp_path / f"{name}.jsonl", [Episode("p", "toy", "collect", "2+2?", [Turn(f"\\boxed{{{answer}}}", answer, 1.0)]).to_dict()])
+    args = ["--model", tiny_model_dir, "--out", tmp_path / "t", "--set", "max_steps=1", "--set", "save_steps=1"]
+    assert invoke("train", tmp_path / "a.jsonl", *args).exit_code == 0
+    final = (tmp_path / "t" / "final" / "model.safetensors").read_bytes()
+    one_error(invoke("train", tmp_path / "b.jsonl", *args), "data=", "sha256:")
+    assert (tmp_path / "t" / "final" / "model.safetensors").read_bytes() == final  # not replaced
+    assert invoke("train", tmp_path / "a.jsonl", *args, "--set", "logging_steps=5").exit_code == 0  # bookkeeping only
+
+
+def test_collect_into_a_directory_of_another_schedule_stops(tmp_path, tiny_model_dir):
+    args = ["collect", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 2, "--max-turns", 2, "--max-new-tokens", 4,
+            "--task-option", "train_size=5", "--task-option", "test_size=5", "--out", tmp_path / "c"]
+    assert invoke(*args, "--schedule", "learner:1,learner:2").exit_code == 0
+    one_error(invoke(*args, "--schedule", "learner:1,learner:3"), "settings.schedule")
+
+
+def test_run_into_a_finished_run_of_another_task_stops(tmp_path, tiny_model_dir):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"out: {tmp_path / 'run'}\nmodel: {tiny_model_dir}\ntask: {{name: arithmetic}}\n")
+    from riselm.config import load_config
+    from riselm.pipeline import run_identity
+
+    claim(tmp_path / "run", run_identity(load_config(config)))
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    one_error(invoke("run", config, "task.name=gsm8k"), "task.name=\"arithmetic\"", "task.name=\"gsm8k\"")
+    assert (tmp_path / "run" / "summary.json").read_text() == "{}"
+    # settings that only change the speed may differ, and more iterations extend the run
+    settings = load_config(config, ["threads=1", "learner.batch_size=7", "iterations=5", "distributed.processes=1"])
+    claim(tmp_path / "run", run_identity(settings))
+
+
+def test_the_demo_claims_its_directory_before_writing_its_model(tmp_path):
+    from riselm.demo import prepare_demo
+
+    prepare_demo(tmp_path / "d", ["iterations=1"])
+    assert (tmp_path / "d" / IDENTITY_FILE).exists() and (tmp_path / "d" / "init" / "config.json").exists()
+    prepare_demo(tmp_path / "d", ["iterations=1"])  # resumes
+    with pytest.raises(RunDirError, match="collect.max_turns"):
+        prepare_demo(tmp_path / "d", ["collect.max_turns=2"])
