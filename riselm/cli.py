@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from riselm.rundir import NOT_CONTENT, model_identity as _model_identity, without
+from riselm.rundir import EPISODES_FILE, NOT_CONTENT, REPORT_FILE, RunLayout, model_identity as _model_identity, without
 from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, default
 
 app = typer.Typer(
@@ -177,7 +177,7 @@ def eval_command(
         _run(evaluate, task_obj, generator, out, settings, problems=problems, seed=seed)
     finally:
         generator.close()
-    typer.echo((out / "report.md").read_text())
+    typer.echo((out / REPORT_FILE).read_text())
     typer.echo(f"wrote {out}/ (episodes, metrics.json, report.md, accuracy.png)", err=True)
 
 
@@ -234,12 +234,12 @@ def collect_command(
         if "expert" in wanted:
             expert_settings = _settings(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))
             generators["expert"] = _run(build, expert_settings, expert)
-        episodes = _run(collect, task_obj, generators, problems, out / "episodes.jsonl", settings, seed)
+        episodes = _run(collect, task_obj, generators, problems, out / EPISODES_FILE, settings, seed)
     finally:
         for generator in generators.values():
             generator.close()
     metrics = sequential_metrics(episodes, task_obj.same_answer, task_obj.answer_key)
-    typer.echo(f"{len(episodes)} episodes in {out / 'episodes.jsonl'}; solved by turn: "
+    typer.echo(f"{len(episodes)} episodes in {out / EPISODES_FILE}; solved by turn: "
                + ", ".join(f"t{k} {metrics[f'p1@t{k}']:.1f}%" for k in range(1, int(metrics.get('turns', 0)) + 1)))
 
 
@@ -319,7 +319,70 @@ def _pipeline(settings, argv: list[str], overwrite: bool = False) -> None:
         _run(run_pipeline, settings)
         if distributed.in_worker():  # the launching command prints the summary
             return
-    typer.echo((Path(settings.out) / "summary.md").read_text())
+    typer.echo(RunLayout(settings.out).summary("md").read_text())
+
+
+from riselm.serve.settings import ServeSettings  # noqa: E402 - pydantic only; FastAPI is imported by the command
+
+
+@app.command("serve")
+def serve_command(
+    model: str = typer.Argument(..., help="Local dir, hub id, .gguf file or 'smollm2' (hf, vllm); the served model's name (openai)."),
+    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm or openai (a proxy in front of --base-url)."),
+    base_url: Optional[str] = typer.Option(None, help="The OpenAI-compatible server behind this one (backend openai)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    turns: int = typer.Option(default(ServeSettings, "turns"), "--turns", "-k", help="Turns K per request (a request may ask for others)."),
+    max_turns: int = typer.Option(default(ServeSettings, "max_turns"), help="The most turns a request may ask for."),
+    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    stop_when_stable: int = typer.Option(default(ServeSettings, "stop_when_stable"), help="Stop once N consecutive turns give the same answer (0: never)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Prompt, retry message and answer extractor of this task (default: generic \\boxed{})."),
+    task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
+    temperature: float = typer.Option(default(SamplingSettings, "temperature"), help="Default sampling temperature; 0 for greedy."),
+    top_p: float = typer.Option(default(SamplingSettings, "top_p")),
+    max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens"), help="Default max_tokens of a turn."),
+    max_concurrency: int = typer.Option(default(ServeSettings, "max_concurrency"), help="Requests generated at once (hf, vllm: one batch)."),
+    max_queue: int = typer.Option(default(ServeSettings, "max_queue"), help="Requests waiting beyond those; more get 429."),
+    request_timeout: float = typer.Option(default(ServeSettings, "request_timeout"), help="Seconds before a request gets 504."),
+    max_prompt_tokens: Optional[int] = typer.Option(None, help="Longest prompt accepted (default: what fits the model's positions)."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients send (default: MODEL)."),
+    api_key_env: Optional[str] = typer.Option(None, help="A variable holding the key clients must send as a bearer token."),
+    batch_size: int = typer.Option(default(GeneratorSettings, "batch_size"), help="HF backend: sequences generated together."),
+    backend_option: list[str] = typer.Option([], "--backend-option", help=BACKEND_OPTION_HELP),
+) -> None:
+    """Serve MODEL behind an OpenAI-compatible API: K sequential turns per request, then the majority vote (m1@tK)."""
+    try:
+        from riselm.serve.server import serve
+    except ImportError as e:
+        _fail(f"riselm serve needs its extra ({e.name} is missing): pip install 'riselm[serve]'")
+    settings = _settings(ServeSettings, dict(
+        turns=turns, max_turns=max_turns, window=window, stop_when_stable=stop_when_stable, task=task,
+        task_options=_options(task_option), sampling=_sampling(temperature, top_p, max_new_tokens),
+        max_concurrency=max_concurrency, max_queue=max_queue, request_timeout=request_timeout,
+        max_prompt_tokens=max_prompt_tokens, served_model_name=served_model_name,
+    ))
+    if task is not None:
+        from riselm.tasks import get_task
+
+        _run(get_task, task, **settings.task_options)  # an unknown task fails before the model loads
+    _settings(GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size))
+    if backend == "openai" and not base_url:
+        _fail("--backend openai: give --base-url, the server this one stands in front of")
+    _run(serve, model, settings, backend=backend, base_url=base_url, host=host, port=port, batch_size=batch_size,
+         options=_options(backend_option), api_key_env=api_key_env)
+
+
+@app.command("view")
+def view_command(
+    file: Path = typer.Argument(..., help="An episodes JSONL file (README: Episodes files)."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML page to write."),
+) -> None:
+    """One HTML page showing every episode turn by turn, with filters (wrong→right, right→wrong, unsolved)."""
+    from riselm.serve.view import view_file
+
+    counts = _run(view_file, file, out)
+    typer.echo(f"wrote {out}: {counts['all']} episodes ({counts['wrong→right']} wrong→right, "
+               f"{counts['right→wrong']} right→wrong, {counts['unsolved']} unsolved)")
 
 
 def _register_analyses() -> None:

@@ -24,13 +24,13 @@ task:
   options: {digits: 3, operands: 2, ops: "+", train_size: 10000, test_size: 500}
   eval_limit: 500
 model: {hidden_size: 64, num_layers: 2, num_heads: 4}
-learner: {backend: hf, batch_size: 1024}
+learner: {backend: hf, batch_size: 1024, precision: fp32}  # fp32 everywhere: the same table on every CPU
 threads: 2                  # a tiny model is dominated by per-op overhead: past two threads nothing is gained
 boost:
   enabled: true
   history_turns: 1          # with the context window of 2 below, every turn after the first looks like this
   limit: 8000
-  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
+  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100, precision: fp32}
 iterations: 2
 collect:
   limit: 2000
@@ -39,7 +39,7 @@ collect:
   schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
   sampling: {max_new_tokens: 80}
   chunk_size: 250
-train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100}
+train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100, precision: fp32}
 eval: {turns: 5, parallel_samples: 5, window: 2, sampling: {max_new_tokens: 80}, chunk_size: 500}
 online:                     # method=online: after the boost, 100 steps of online RL (benchmarks/results/online.md)
   steps: 100

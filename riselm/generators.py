@@ -10,6 +10,7 @@ import time
 
 from riselm import distributed
 from riselm.generation.base import GenerationStats, Generator
+from riselm.hardware import resolve_precision
 from riselm.settings import GeneratorSettings
 
 
@@ -24,6 +25,9 @@ def build(settings: GeneratorSettings, model: str) -> Generator:
 
         if torch.cuda.is_available():
             options["device"] = f"cuda:{current.local_rank}"
+    if settings.backend == "hf" and "dtype" not in options:
+        device = str(options.get("device", "")).split(":")[0] or None
+        options["dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(settings.precision, device)]
     return build_generator(
         model, backend=settings.backend, base_url=settings.base_url, api_key_env=settings.api_key_env,
         batch_size=settings.batch_size, **options,
@@ -56,17 +60,16 @@ class Learner:
     def generate(self, conversations, params, seeds=None):
         start = time.perf_counter()
         results = self._ready().generate(conversations, params, seeds=seeds)
-        self.stats.calls += 1
-        self.stats.prompts += len(conversations)
-        self.stats.completions += sum(map(len, results))
-        self.stats.generated_tokens += sum(c.num_tokens for completions in results for c in completions)
-        self.stats.seconds += time.perf_counter() - start
+        self.stats.record(len(conversations), results, time.perf_counter() - start)
         return results
+
+    def reload(self, model: str) -> bool:
+        self.at(model)
+        return True
 
     def _ready(self) -> Generator:
         if self._generator is not None and self._serving != self._wanted:
-            if hasattr(self._generator, "reload"):
-                self._generator.reload(self._wanted)
+            if self._generator.reload(self._wanted):
                 self._serving = self._wanted
             else:
                 self.close()

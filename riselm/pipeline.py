@@ -3,17 +3,11 @@
 Each iteration reads top to bottom: collect -> build samples -> train -> evaluate; the method
 (`RunSettings.method`) decides which samples are built (RISE's, its success-only ablation, or the
 single-turn baselines), and `method: online` replaces the iterations by online RL
-(riselm.online.loop). Every stage writes into its own folder of the run directory and is skipped
-when its output is complete, so running the same command again after a crash continues where it
-stopped (collection and evaluation resume inside their episodes files, training from its last
-complete checkpoint). In a distributed run every process runs these same calls (riselm.distributed).
-
-    out/
-      config.yaml           the validated config of the run
-      boost/                samples.jsonl, train/ (checkpoints, final model), eval/
-      iter1/                collect/episodes.jsonl, samples.jsonl, train/, eval/
-      online/               method online: metrics.jsonl, curves.png, eval-step{N}/, final/, eval/
-      summary.json|md|png   the paper's Table 1 across stages, with per-turn curves
+(riselm.online.loop). Every stage writes into its own folder of the run directory (riselm.rundir's
+`RunLayout` names every path) and is skipped when its output is complete, so running the same
+command again after a crash continues where it stopped (collection and evaluation resume inside
+their episodes files, training from its last complete checkpoint). In a distributed run every
+process runs these same calls (riselm.distributed).
 """
 
 from __future__ import annotations
@@ -32,7 +26,7 @@ from riselm.generators import Learner, build
 from riselm.files import write_text_atomic
 from riselm.jsonl import write_jsonl
 from riselm.progress import timed
-from riselm.rundir import claim
+from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim
 from riselm.rollout.collect import collect
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.settings import RunSettings, TrainSettings
@@ -41,7 +35,6 @@ from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
 from riselm.training.samples import TrainingSample, first_turn_samples, samples_from_episodes
 
-DONE = "DONE"  # marks a finished collection (written atomically, after the last episode)
 SINGLE_TURN_METHODS = ("filtered_sft", "single_turn_rwr")  # baselines that collect and train on first turns only
 
 
@@ -56,6 +49,10 @@ class Run:
     out: Path  # the run directory
     show_progress: bool = True
     world: distributed.World = distributed.World()  # this process among the run's processes
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out)
 
     def stage(self, name: str) -> None:
         """Record the stage this process is in (a failed worker is reported with it)."""
@@ -82,18 +79,18 @@ def _run_stages(settings: RunSettings, show_progress: bool, current: distributed
     model = settings.train_model or settings.model  # the lineage being trained
     with Learner(settings.learner) as learner:
         if settings.eval.base:
-            stages.append(evaluate_stage(run, learner, model, run.out / "base", "base"))
+            stages.append(evaluate_stage(run, learner, model, "base"))
         if settings.boost.enabled:
             seconds: dict[str, float] = {}
             with timed(seconds, "boost"):
-                model = boost_stage(run, learner, model, run.out / "boost")
-            stages.append(evaluate_stage(run, learner, model, run.out / "boost", "boost", seconds))
+                model = boost_stage(run, learner, model)
+            stages.append(evaluate_stage(run, learner, model, "boost", seconds))
         if settings.method == "online":
             stages += online(run, learner, model)
         else:
             stages += rise_iterations(run, learner, model)
     if current.main:
-        write_summary(run.out, stages, title=f"{settings.method} on {run.task.name} ({settings.model})")
+        write_summary(run.layout, stages, title=f"{settings.method} on {run.task.name} ({settings.model})")
     return stages
 
 
@@ -102,16 +99,17 @@ def rise_iterations(run: Run, learner: Learner, model: str) -> list[StageResult]
     settings, stages = run.settings, []
     collector = settings.model if settings.train_model else None  # weak-to-strong: a fixed collector
     start_model = model
+    layout = run.layout
     for k in range(1, settings.iterations + 1):
-        stage_dir = run.out / f"iter{k}"
+        stage = f"iter{k}"
         seconds: dict[str, float] = {}
         with timed(seconds, "collect"):
-            collect_stage(run, learner, collector or model, stage_dir / "collect", k)
+            collect_stage(run, learner, collector or model, layout.collect_dir(k), k)
         with timed(seconds, "train"):
-            samples = build_samples(run, [run.out / f"iter{i}" / "collect" for i in data_iterations(settings, k)], stage_dir)
+            samples = build_samples(run, [layout.collect_dir(i) for i in data_iterations(settings, k)], layout.samples(stage))
             init = model if settings.init_from == "previous" else start_model
-            model = train_stage(run, learner, settings.train, samples, init, stage_dir / "train")
-        stages.append(evaluate_stage(run, learner, model, stage_dir, f"iter{k}", seconds))
+            model = train_stage(run, learner, settings.train, samples, init, layout.train_dir(stage))
+        stages.append(evaluate_stage(run, learner, model, stage, seconds))
     return stages
 
 
@@ -134,7 +132,7 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
     out = Path(settings.out)
     if current.main:
         claim(out, run_identity(settings))  # a library call into another run's directory stops here too
-        write_text_atomic(out / "config.yaml", yaml.safe_dump(settings.model_dump(), sort_keys=False))
+        write_text_atomic(RunLayout(out).config, yaml.safe_dump(settings.model_dump(), sort_keys=False))
     current.barrier()
     return Run(settings, task, train_problems, eval_problems, out, show_progress, current)
 
@@ -156,7 +154,7 @@ def check_expert_servers(settings: RunSettings) -> None:
 # ---- stages ------------------------------------------------------------------------------------
 
 
-def boost_stage(run: Run, learner: Learner, model: str, stage_dir: Path) -> str:
+def boost_stage(run: Run, learner: Learner, model: str) -> str:
     """SFT on the task's gold solutions (with earlier wrong attempts in context when configured)."""
     from riselm.training.boost import boost_samples
 
@@ -165,14 +163,14 @@ def boost_stage(run: Run, learner: Learner, model: str, stage_dir: Path) -> str:
     run.stage("boost")
     samples = boost_samples(run.task, chosen, with_history_turns=boost.history_turns, seed=run.settings.seed, every_depth=boost.every_depth)
     if run.world.main:
-        write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
-    return train_stage(run, learner, boost.train, samples, model, stage_dir / "train")
+        write_jsonl(run.layout.samples("boost"), (s.to_dict() for s in samples))
+    return train_stage(run, learner, boost.train, samples, model, run.layout.train_dir("boost"))
 
 
 def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, iteration: int) -> list[Episode]:
     """On-policy rollouts of `model` with the configured improvers (seeds and problems of `iteration`); resumes inside the episodes file."""
-    episodes_path = collect_dir / "episodes.jsonl"
-    if (collect_dir / DONE).exists():
+    episodes_path = collect_dir / EPISODES_FILE
+    if (collect_dir / DONE_FILE).exists():
         return read_episodes(episodes_path)
     run.stage(f"collect ({collect_dir})")
     settings = run.settings
@@ -191,13 +189,14 @@ def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, ite
         for expert in experts.values():
             expert.close()
     if run.world.main:
-        write_text_atomic(collect_dir / DONE, "")
+        write_text_atomic(collect_dir / DONE_FILE, "")
     return episodes
 
 
-def build_samples(run: Run, collect_dirs: Sequence[Path], stage_dir: Path) -> list[TrainingSample]:
-    """Weighted training samples from the collected episodes (of this iteration, or all so far), as the method builds them."""
-    episodes = [e for d in collect_dirs for e in read_episodes(d / "episodes.jsonl")]
+def build_samples(run: Run, collect_dirs: Sequence[Path], samples_path: Path) -> list[TrainingSample]:
+    """Weighted training samples from the collected episodes (of this iteration, or all so far), as the
+    method builds them; written to `samples_path`."""
+    episodes = [e for d in collect_dirs for e in read_episodes(d / EPISODES_FILE)]
     method, settings = run.settings.method, run.settings.samples
     if method in SINGLE_TURN_METHODS:
         samples = first_turn_samples(episodes, settings, weighted=method == "single_turn_rwr")
@@ -206,12 +205,12 @@ def build_samples(run: Run, collect_dirs: Sequence[Path], stage_dir: Path) -> li
     if not samples:
         truncated = sum(t.truncated for e in episodes for t in e.turns)
         raise ValueError(
-            f"{stage_dir}: no training samples: the {len(episodes)} collected episodes leave none after "
+            f"{samples_path.parent}: no training samples: the {len(episodes)} collected episodes leave none after "
             f"method={method!r} and samples.filter={settings.filter!r} ({truncated} of their turns were cut at "
             "max_new_tokens, and truncated turns are never trained)"
         )
     if run.world.main:
-        write_jsonl(stage_dir / "samples.jsonl", (s.to_dict() for s in samples))
+        write_jsonl(samples_path, (s.to_dict() for s in samples))
     return samples
 
 
@@ -227,7 +226,7 @@ def train_stage(
     from riselm.models import resolve_model_dir
     from riselm.training.trainer import train_weighted
 
-    final = train_dir / "final"
+    final = train_dir / FINAL
     if final.exists():  # final/ appears only once complete (written under another name, then renamed)
         return str(final)
     run.stage(f"train ({train_dir})")
@@ -247,25 +246,22 @@ def online(run: Run, learner: Learner, model: str) -> list[StageResult]:
     """Online multi-turn RL from `model`: the live policy's evaluations along the way, then the final one."""
     from riselm.online.loop import online_stage
 
-    stage_dir = run.out / "online"
     seconds: dict[str, float] = {}
     learner.close()  # the online stage holds its own copy of the policy
     with timed(seconds, "online"):
-        final = online_stage(run, model, stage_dir)
-    along = sorted(stage_dir.glob("eval-step*/metrics.json"), key=lambda p: int(p.parent.name.removeprefix("eval-step")))
-    stages = [StageResult.from_metrics(path, f"online@{path.parent.name.removeprefix('eval-step')}") for path in along]
-    return stages + [evaluate_stage(run, learner, final, stage_dir, "online", seconds)]
+        final = online_stage(run, model)
+    along = [StageResult.from_metrics(path / METRICS_FILE, f"{ONLINE_PREFIX}{step}") for step, path in run.layout.online_evaluations()]
+    return along + [evaluate_stage(run, learner, final, "online", seconds)]
 
 
-def evaluate_stage(
-    run: Run, learner: Learner, model: str, stage_dir: Path, name: str, seconds: dict[str, float] | None = None
-) -> StageResult:
-    """Sequential (and parallel) evaluation of one stage's model; resumes inside its episodes files."""
+def evaluate_stage(run: Run, learner: Learner, model: str, name: str, seconds: dict[str, float] | None = None) -> StageResult:
+    """Sequential (and parallel) evaluation of stage `name`'s model; resumes inside its episodes files."""
     seconds = dict(seconds or {})
-    run.stage(f"evaluate ({stage_dir})")
+    eval_dir = run.layout.eval_dir(name)
+    run.stage(f"evaluate ({eval_dir})")
     with timed(seconds, "eval"):
         result = evaluate(
-            run.task, learner.at(model), stage_dir / "eval", run.settings.eval, problems=run.eval_problems,
+            run.task, learner.at(model), eval_dir, run.settings.eval, problems=run.eval_problems,
             seed=run.settings.seed, show_progress=run.show_progress, title=f"{name}: {run.task.name}",
         )
     return StageResult(name, model, result.sequential, result.parallel, seconds)

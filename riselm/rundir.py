@@ -1,4 +1,10 @@
-"""What made an output directory, recorded in it, so that re-running resumes only the same work.
+"""The run directory: where every file of a run lives (`RunLayout`), and what made it (`claim`).
+
+`RunLayout` is the one place the run directory's folder and file names are written; the pipeline,
+the online stage, the trainer, the evaluation, the summary and the analyses all ask it. Its tree is
+`RunLayout.describe()`, which the README reproduces (a test holds the two together).
+
+What made an output directory, recorded in it, so that re-running resumes only the same work:
 
 Every command that writes a resumable directory (`riselm eval`, `collect`, `train`, `run`, `demo`)
 first *claims* it with an identity: the settings that decide the directory's content (model, task
@@ -15,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -135,3 +143,137 @@ def _aside(directory: Path) -> Path:
 def _show(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---- the layout ---------------------------------------------------------------------------------
+
+# Inside any training output directory (a stage's train/, `riselm train --out`)
+FINAL = "final"  # the trained model, present only once whole
+FINAL_PARTIAL = "final.partial"  # the model being written; renamed to final/ when complete
+TRAIN_CONFIG = "train_config.json"
+# Inside any evaluation output directory (a stage's eval/, `riselm eval --out`)
+SEQUENTIAL_FILE = "episodes.sequential.jsonl"
+PARALLEL_FILE = "episodes.parallel.jsonl"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PLOT_FILE = "accuracy.png"
+# Inside a collection output directory (a stage's collect/, `riselm collect --out`)
+EPISODES_FILE = "episodes.jsonl"
+DONE_FILE = "DONE"  # marks a finished collection (written after the last episode)
+
+ONLINE_PREFIX = "online@"  # the stage name of the live policy evaluated after N online steps
+_ONLINE_EVAL = re.compile(r"eval-step(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one run directory (`riselm run`, `riselm demo`). Stages: base, boost, iter1, iter2,
+    …, online@N (the live policy after N online steps) and online."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    # -- the run's own files
+    @property
+    def identity(self) -> Path:
+        return self.root / IDENTITY_FILE
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def summary(self, suffix: str = "json") -> Path:
+        """summary.json, summary.md or summary.png: Table 1 across the stages."""
+        return self.root / f"summary.{suffix}"
+
+    # -- stages
+    def stage_dir(self, stage: str) -> Path:
+        """The folder a stage writes into (the online@N evaluations live inside online/)."""
+        return self.root / ("online" if stage.startswith(ONLINE_PREFIX) else stage)
+
+    def iteration(self, k: int) -> Path:
+        return self.root / f"iter{k}"
+
+    def collect_dir(self, iteration: int | str) -> Path:
+        """Iteration k's collection (by number, or by stage name such as 'iter2')."""
+        stage = self.iteration(iteration) if isinstance(iteration, int) else self.stage_dir(iteration)
+        return stage / "collect"
+
+    def samples(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "samples.jsonl"
+
+    def train_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "train"
+
+    def model(self, stage: str) -> Path:
+        """The model a stage trained: <stage>/train/final, or online/final for the online stage."""
+        return self.stage_dir(stage) / FINAL if stage == "online" else self.train_dir(stage) / FINAL
+
+    def eval_dir(self, stage: str) -> Path:
+        if stage.startswith(ONLINE_PREFIX):
+            return self.online_eval_dir(int(stage.removeprefix(ONLINE_PREFIX)))
+        return self.stage_dir(stage) / "eval"
+
+    # -- the online stage
+    @property
+    def online_dir(self) -> Path:
+        return self.root / "online"
+
+    def online_eval_dir(self, step: int) -> Path:
+        return self.online_dir / f"eval-step{step}"
+
+    def online_evaluations(self) -> list[tuple[int, Path]]:
+        """(step, eval dir) of every finished evaluation of the live policy, by step."""
+        found = []
+        for path in self.online_dir.glob("eval-step*"):
+            match = _ONLINE_EVAL.match(path.name)
+            if match and (path / METRICS_FILE).is_file():
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    @property
+    def online_metrics(self) -> Path:
+        return self.online_dir / "metrics.jsonl"
+
+    @property
+    def online_curves(self) -> Path:
+        return self.online_dir / "curves.png"
+
+    @property
+    def online_tensorboard(self) -> Path:
+        return self.online_dir / "tensorboard"
+
+    @property
+    def online_sync(self) -> Path:
+        """Where the live weights are saved for a vLLM engine to load them."""
+        return self.online_dir / "sync"
+
+    @staticmethod
+    def stage_of(path: str | Path) -> str | None:
+        """The stage whose evaluation holds `path` (an episodes file or its folder): 'boost' for
+        out/boost/eval/episodes.sequential.jsonl, 'online@40' for out/online/eval-step40/…; None otherwise."""
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        match = _ONLINE_EVAL.match(folder.name)
+        if match:
+            return f"{ONLINE_PREFIX}{match.group(1)}"
+        return folder.parent.name if folder.name == "eval" else None
+
+    @staticmethod
+    def describe() -> str:
+        """The tree of a run directory, as the README shows it."""
+        return TREE
+
+
+TREE = """\
+    out/
+      riselm.json           what made the run (resuming checks it)
+      config.yaml           the validated config of the run
+      summary.json|md|png   the paper's Table 1 across stages, with per-turn curves
+      base/eval/            eval.base: the starting model's evaluation
+      boost/                samples.jsonl, train/ (checkpoints, train_config.json, final/), eval/
+      iter1/                collect/ (episodes.jsonl, DONE), samples.jsonl, train/, eval/
+      online/               method online: metrics.jsonl, curves.png, tensorboard/, sync/, checkpoint-{N}/, eval-step{N}/, final/, eval/
+      <stage>/eval/         episodes.sequential.jsonl, episodes.parallel.jsonl, metrics.json, report.md, accuracy.png
+      <stage>/train/        checkpoint-{N}/ while training, final.partial/ while saving, final/ when whole"""

@@ -54,6 +54,9 @@ class GeneratorSettings(_Settings):
     base_url: str | None = None  # backend openai: the server's URL
     api_key_env: str = "OPENAI_API_KEY"  # backend openai: the variable holding the key
     batch_size: int = Field(32, ge=1)  # backend hf: sequences generated together
+    # backend hf: the weights' dtype for generation (auto: bf16 where the hardware has it natively, riselm.hardware);
+    # an explicit options.dtype wins
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     options: dict[str, Any] = {}  # more backend options (e.g. tensor_parallel_size for vllm, send_seed for openai)
 
 
@@ -116,7 +119,8 @@ class TrainSettings(_Settings):
     # shared context computed once (batches are cut from a seeded order that keeps an episode's samples together)
     share_prefixes: bool = True
     # -- precision and memory
-    bf16: bool | None = None  # bf16 mixed precision; None: on when the GPU supports it (never on CPU)
+    # bf16: autocast with float32 master weights; auto: bf16 where the hardware has it natively (riselm.hardware)
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory (paper: on, for 7B)
     attn_implementation: str | None = "sdpa"  # "sdpa", "eager", "flash_attention_2"; None: transformers' choice
     lora: LoraSettings | None = None  # train LoRA adapters instead of all weights (paper: full fine-tuning)

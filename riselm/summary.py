@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from riselm.evaluation.report import plot_turn_curves
 from riselm.files import write_json, write_text_atomic
+from riselm.rundir import RunLayout
 
 
 @dataclass
@@ -49,21 +50,21 @@ def table_keys(stages: Sequence[StageResult]) -> list[str]:
     return keys
 
 
-def write_summary(out: Path, stages: Sequence[StageResult], title: str = "RISE") -> dict[str, Any]:
-    """summary.json, summary.md and summary.png in `out`."""
+def write_summary(layout: RunLayout, stages: Sequence[StageResult], title: str = "RISE") -> dict[str, Any]:
+    """summary.json, summary.md and summary.png of the run."""
     keys = table_keys(stages)
     summary = {"keys": keys, "stages": [s.row(keys) for s in stages]}
-    write_json(out / "summary.json", summary)
+    write_json(layout.summary("json"), summary)
     lines = [f"# {title}", "", "| stage | " + " | ".join(keys) + " | acc@tk |", "|---|" + "---|" * (len(keys) + 1)]
     for row in summary["stages"]:
         cells = ["–" if row[k] is None else f"{row[k]:.1f}" for k in keys]
         curve = " → ".join(f"{v:.1f}" for v in row["acc@tk"] if v is not None)
         lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {curve} |")
-    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+    write_text_atomic(layout.summary("md"), "\n".join(lines) + "\n")
     if stages:
         plot_turn_curves(
             {s.name: s.sequential for s in stages},
-            out / "summary.png",
+            layout.summary("png"),
             title=title,
             parallel={s.name: s.parallel for s in stages if s.parallel},
         )

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from riselm.config import ConfigError, load_config
-from riselm.demo import demo_config, init_model
+from riselm.demo import demo_config, init_model, prepare_demo
 from riselm.pipeline import run_pipeline
 
 TINY = [
@@ -38,8 +38,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg, shape = demo_config(out, TINY)
-    init_model(__import__("pathlib").Path(cfg.model), shape)
+    cfg = prepare_demo(out, TINY)
     stages = run_pipeline(cfg, show_progress=False)
     return out, cfg, stages
 
@@ -133,7 +132,7 @@ def test_each_method_builds_the_samples_it_claims(tmp_path, method):
     ]
     write_jsonl(tmp_path / "collect" / "episodes.jsonl", [e.to_dict() for e in episodes])
     run = Run(RunSettings(method=method, samples={"tau": 0.5}), ToyTask(), [], [], tmp_path, show_progress=False)
-    samples = build_samples(run, [tmp_path / "collect"], tmp_path)
+    samples = build_samples(run, [tmp_path / "collect"], tmp_path / "samples.jsonl")
     got = [(s.episode_id, s.response, len(s.messages), round(s.weight, 4)) for s in samples]
     e2 = round(math.exp(2), 4)
     expected = {
@@ -152,8 +151,7 @@ def test_single_turn_methods_collect_several_first_turns_a_problem(tmp_path):
     overrides = [o for o in TINY if not o.startswith("boost.")] + [
         "method=single_turn_rwr", "boost.enabled=false", "collect.episodes_per_problem=3", "collect.max_turns=4",
     ]
-    cfg, shape = demo_config(tmp_path, overrides)
-    init_model(tmp_path / "init", shape)
+    cfg = prepare_demo(tmp_path, overrides)
     stages = run_pipeline(cfg, show_progress=False)
     episodes = read_episodes(tmp_path / "iter1/collect/episodes.jsonl")
     assert sorted({e.sample for e in episodes}) == [0, 1, 2] and len(episodes) == 6 * 3
@@ -170,11 +168,10 @@ def test_a_dead_expert_server_is_named_before_any_work(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg, shape = demo_config(tmp_path, TINY + [
+    cfg = prepare_demo(tmp_path, TINY + [
         f"experts={{teacher: {{backend: openai, model: big, base_url: 'http://127.0.0.1:{port}/v1'}}}}",
         "collect.schedule=[{model: learner, n: 1}, {model: teacher, n: 2}]",
     ])
-    init_model(tmp_path / "init", shape)
     started = time.perf_counter()
     with pytest.raises(BackendUnavailable, match=rf"127.0.0.1:{port}.*'big'"):
         run_pipeline(cfg, show_progress=False)
@@ -210,10 +207,10 @@ def recorded_iterations(tmp_path, monkeypatch):
 
     def run(*overrides):
         base = [o for o in TINY if not o.startswith("boost.") and o != "iterations=1"]
-        cfg, shape = demo_config(tmp_path / "run", base + ["boost.enabled=false", "iterations=2", "collect.limit=3", "collect.sampling.max_new_tokens=400", *overrides])
-        init_model(tmp_path / "run" / "init", shape)
-        for extra in (tmp_path / "strong",):
-            init_model(extra, {**shape, "hidden_size": 24})
+        overrides = base + ["boost.enabled=false", "iterations=2", "collect.limit=3", "collect.sampling.max_new_tokens=400", *overrides]
+        _, shape = demo_config(tmp_path / "run", overrides)
+        init_model(tmp_path / "strong", {**shape, "hidden_size": 24})  # weak-to-strong's other model
+        cfg = prepare_demo(tmp_path / "run", overrides)
         run_pipeline(cfg, show_progress=False)
         return cfg, calls, collected
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from riselm.analysis.runs import ONLINE_PREFIX, RunDir
+from riselm.analysis.runs import RunDir
+from riselm.rundir import EPISODES_FILE, ONLINE_PREFIX, TRAIN_CONFIG
 from riselm.jsonl import DataError, iter_jsonl
 from riselm.rollout.episode import read_episodes
 
@@ -55,7 +56,7 @@ class Budget:
 def run_budgets(run: RunDir, count_tokens: bool = True) -> list[Budget]:
     """Each stage's own budget, in run order (budget.json's per-stage values applied)."""
     overrides = read_budget_file(run.path / BUDGET_FILE)
-    online_steps = _online_rows(run.path / "online" / "metrics.jsonl")
+    online_steps = _online_rows(run.layout.online_metrics)
     budgets: list[Budget] = []
     done_step = 0  # the last online step an earlier online@N stage accounted for
     for row in run.stages:
@@ -121,9 +122,8 @@ def _apply(budget: Budget, values: dict[str, Any], source: str) -> None:
 
 
 def _offline_budget(run: RunDir, name: str, row: dict[str, Any], count_tokens: bool) -> Budget:
-    stage_dir = run.stage_dir(name)
     budget = Budget(sources={})
-    collected = stage_dir / "collect" / "episodes.jsonl"
+    collected = run.layout.collect_dir(name) / EPISODES_FILE
     if collected.is_file():
         episodes = read_episodes(collected)
         budget.generated_responses = sum(t.num_candidates for e in episodes for t in e.turns)
@@ -131,7 +131,7 @@ def _offline_budget(run: RunDir, name: str, row: dict[str, Any], count_tokens: b
     elif name in ("base", "boost"):
         budget.generated_responses = 0  # a base stage trains nothing; boost trains on gold solutions
         budget.sources["generated_responses"] = "nothing sampled"
-    samples = stage_dir / "samples.jsonl"
+    samples = run.layout.samples(name)
     if samples.is_file():
         rows = [r for _, r in iter_jsonl(samples)]
         budget.trained_samples = len(rows)
@@ -150,7 +150,7 @@ def _offline_budget(run: RunDir, name: str, row: dict[str, Any], count_tokens: b
 
 def _trained_tokens(run: RunDir, name: str, rows: list[dict[str, Any]]) -> int | None:
     """Trained-span tokens of the samples (with the stage model's tokenizer) times the epochs trained."""
-    config_path = run.stage_dir(name) / "train" / "train_config.json"
+    config_path = run.layout.train_dir(name) / TRAIN_CONFIG
     model = run.stage_model(name)
     if model is None or not config_path.is_file():
         return None

@@ -24,6 +24,7 @@ from riselm.analysis.runs import RunDir, models_of, read_run
 from riselm.generation.base import Conversation
 from riselm.files import write_json, write_text_atomic
 from riselm.rollout.episode import Episode, read_episodes
+from riselm.rundir import SEQUENTIAL_FILE
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
 
@@ -117,7 +118,7 @@ def conversations(
 
 def _own_episodes(run: RunDir, stage: str, task: Task, problems: Sequence[Problem]) -> list[Episode]:
     """The stage's sequential evaluation episodes of these very problems (same id and prompt)."""
-    path = run.eval_dir(stage) / "episodes.sequential.jsonl"
+    path = run.layout.eval_dir(stage) / SEQUENTIAL_FILE
     if not path.is_file():
         logger.warning("%s: no evaluation episodes; stage %s is conditioned on corrupted gold solutions", path, stage)
         return []

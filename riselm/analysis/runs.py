@@ -1,14 +1,7 @@
-"""A run directory as the analyses read it: summary.json, config.yaml, the stages' folders and models.
+"""A finished run directory as the analyses read it: summary.json, config.yaml, the stages' folders and models.
 
-Layout written by `riselm run` / `riselm demo` (riselm.pipeline):
-
-    out/config.yaml, out/summary.json
-    out/<stage>/eval/{episodes.sequential.jsonl, episodes.parallel.jsonl, metrics.json}
-    out/<stage>/train/final           the stage's model (boost, iter1, iter2, ...)
-    out/online/final                   the online stage's model; online@N was never saved
-    out/iter{k}/collect/episodes.jsonl, out/<stage>/samples.jsonl
-
-Stage names: base, boost, iter1, iter2, ..., online@N, online.
+Its layout is riselm.rundir's `RunLayout` (written by `riselm run` / `riselm demo`). Stage names: base,
+boost, iter1, iter2, ..., online@N (the live policy after N steps, never saved), online.
 """
 
 from __future__ import annotations
@@ -22,12 +15,10 @@ from typing import Any
 import yaml
 
 from riselm.jsonl import DataError
+from riselm.rundir import ONLINE_PREFIX, RunLayout
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
-ONLINE_PREFIX = "online@"  # online@N: the live policy evaluated after N steps
 
 
 @dataclass
@@ -51,26 +42,21 @@ class RunDir:
     def stage_names(self) -> list[str]:
         return [row["name"] for row in self.stages]
 
-    def stage_dir(self, name: str) -> Path:
-        """The folder a stage wrote into (the online@N evaluations live inside online/)."""
-        return self.path / ("online" if name.startswith(ONLINE_PREFIX) else name)
-
-    def eval_dir(self, name: str) -> Path:
-        if name.startswith(ONLINE_PREFIX):
-            return self.path / "online" / f"eval-step{name.removeprefix(ONLINE_PREFIX)}"
-        return self.stage_dir(name) / "eval"
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.path)
 
     def stage_model(self, name: str) -> str | None:
         """The model a stage evaluated, as a spec `build_generator` takes; None when it was never saved.
 
         summary.json records the model; when that path is gone (the run directory was moved) the
-        stage's own folder is looked in. The base stage's model may be a named model or Hub id.
+        stage's model folder in this run directory is. The base stage's model may be a named model or Hub id.
         """
         if name.startswith(ONLINE_PREFIX):
             return None  # the live policy at step N: evaluated in memory, never written out
         recorded = str(self.stage(name).get("model") or "")
         candidates = [Path(recorded)] if recorded else []
-        candidates += [self.stage_dir(name) / "train" / "final", self.stage_dir(name) / "final"]
+        candidates.append(self.layout.model(name))
         for path in candidates:
             if (path / "config.json").is_file():
                 return str(path)
@@ -88,9 +74,9 @@ def read_run(path: str | Path) -> RunDir:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path}: no such run directory")
-    summary_path = path / SUMMARY_FILE
+    summary_path = RunLayout(path).summary("json")
     if not summary_path.is_file():
-        raise DataError(f"{path}: not a finished run directory: no {SUMMARY_FILE} (written by `riselm run` at the end)")
+        raise DataError(f"{path}: not a finished run directory: no {summary_path.name} (written by `riselm run` at the end)")
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -109,7 +95,7 @@ def read_run(path: str | Path) -> RunDir:
             value = row.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise DataError(f"{summary_path}: stage {row['name']!r}: {key} must be a number or null, got {value!r:.40}")
-    return RunDir(path=path, keys=keys, stages=stages, config=_read_config(path / CONFIG_FILE))
+    return RunDir(path=path, keys=keys, stages=stages, config=_read_config(RunLayout(path).config))
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from riselm.analysis.render import markdown_table, pct, pyplot, save_figure
+from riselm.rundir import RunLayout
 from riselm.files import write_json, write_text_atomic
 from riselm.jsonl import DataError
 from riselm.rollout.episode import Episode, read_episodes
@@ -91,8 +92,8 @@ def transitions_of_file(path: str | Path, out_dir: str | Path | None = None, tit
 
 
 def _stage_of(path: Path) -> str:
-    """'boost' for out/boost/eval/episodes.sequential.jsonl, else the file's name."""
-    return path.parent.parent.name if path.parent.name == "eval" else path.name
+    """'boost' for out/boost/eval/episodes.sequential.jsonl (RunLayout.stage_of), else the file's name."""
+    return RunLayout.stage_of(path) or path.name
 
 
 def transition_table(rows: Sequence[TurnTransitions]) -> str:

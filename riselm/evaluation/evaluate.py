@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from riselm.files import write_json, write_text_atomic
 from riselm.jsonl import DataError
+from riselm.rundir import METRICS_FILE, PARALLEL_FILE, PLOT_FILE, REPORT_FILE, SEQUENTIAL_FILE
 from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequential_metrics
 from riselm.evaluation.report import parallel_note, plot_turn_curves, turn_table
 from riselm.generation.base import Generator
@@ -23,8 +24,6 @@ from riselm.tasks.base import Problem, Task
 
 logger = logging.getLogger(__name__)
 
-SEQUENTIAL_FILE = "episodes.sequential.jsonl"
-PARALLEL_FILE = "episodes.parallel.jsonl"
 
 
 @dataclass
@@ -83,7 +82,7 @@ def evaluate(
         problems = task.load(split=split, data=data, limit=limit)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokens_before = _generated_tokens(generator)
+    tokens_before = generator.stats.generated_tokens
     start = time.perf_counter()
 
     schedule = [Step(generator)]
@@ -95,23 +94,19 @@ def evaluate(
         par_metrics = parallel_metrics(parallel, task.same_answer, task.answer_key)
 
     wall = time.perf_counter() - start
-    tokens = _generated_tokens(generator) - tokens_before
+    tokens = generator.stats.generated_tokens - tokens_before
     result = EvalResult(out_dir, seq_metrics, par_metrics, round(wall, 2), tokens, round(tokens / wall, 2) if wall else 0.0)
     if world().main:  # every process has the merged episodes and metrics; one writes them down
         write_report(result, task=task.name, model=generator.name, settings=settings, title=title)
     return result
 
 
-def _generated_tokens(generator: Generator) -> int:
-    stats = getattr(generator, "stats", None)
-    return getattr(stats, "generated_tokens", 0)
-
 
 def write_report(result: EvalResult, task: str, model: str, settings: EvalSettings, title: str | None = None) -> None:
     """metrics.json, report.md and accuracy.png in the result's out_dir."""
     out = result.out_dir
     meta = {"task": task, "model": model, "settings": settings.model_dump()}
-    write_json(out / "metrics.json", {**meta, **result.summary()})
+    write_json(out / METRICS_FILE, {**meta, **result.summary()})
     title = title or f"{model} on {task}"
     seq = result.sequential
     note = parallel_note(result.parallel)  # problems with different parallel sample counts
@@ -127,8 +122,8 @@ def write_report(result: EvalResult, task: str, model: str, settings: EvalSettin
         f"Wall time {result.wall_s:.1f} s, {result.generated_tokens} tokens generated ({result.tokens_per_s:.1f} tokens/s).",
         "",
     ]
-    write_text_atomic(out / "report.md", "\n".join(lines))
-    plot_turn_curves({model: seq}, out / "accuracy.png", title=title, parallel={model: result.parallel} if result.parallel else None)
+    write_text_atomic(out / REPORT_FILE, "\n".join(lines))
+    plot_turn_curves({model: seq}, out / PLOT_FILE, title=title, parallel={model: result.parallel} if result.parallel else None)
 
 
 def metrics_of_file(path: str | Path, task: Task | None = None) -> dict[str, Any]:

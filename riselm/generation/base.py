@@ -77,11 +77,16 @@ class Generator(Protocol):
       is up to the server (OpenAI's API: best effort). `send_seed=False` sends no seeds.
     - the scripted fake records the seeds and passes them to a script that takes three arguments.
 
-    `close()` releases the model, engine or connections; it is safe to call twice, and a closed
-    generator does not generate any more.
+    `stats` holds running totals (GenerationStats.record). `reload(model)` serves another model in
+    place where the backend can (vllm: a new engine or a LoRA adapter) and returns True; False means
+    it cannot, and the caller builds a new generator. `close()` releases the model, engine or
+    connections; it is safe to call twice, and a closed generator does not generate any more.
     """
 
     name: str
+    stats: "GenerationStats"
+
+    def reload(self, model: str) -> bool: ...
 
     def generate(
         self, conversations: Sequence[Conversation], params: SamplingParams, seeds: Sequence[int] | None = None
@@ -149,3 +154,16 @@ class GenerationStats:
     @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def record(
+        self, prompts: int, results: Sequence[Sequence[Completion]], seconds: float, generated_tokens: int | None = None
+    ) -> None:
+        """Count one `generate` call: its prompts, completions, seconds and generated tokens (by default
+        the completions' own `num_tokens`; a backend that knows better passes its count)."""
+        self.calls += 1
+        self.prompts += prompts
+        self.completions += sum(len(completions) for completions in results)
+        if generated_tokens is None:
+            generated_tokens = sum(c.num_tokens for completions in results for c in completions)
+        self.generated_tokens += generated_tokens
+        self.seconds += seconds

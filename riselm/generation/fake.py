@@ -80,11 +80,12 @@ class ScriptedGenerator:
             [self._completion(conversation, sample, None if seeds is None else seeds[i]) for sample in range(params.n)]
             for i, conversation in enumerate(conversations)
         ]
-        self.stats.calls += 1
-        self.stats.prompts += len(conversations)
-        self.stats.completions += len(conversations) * params.n
-        self.stats.generated_tokens += sum(c.num_tokens for completions in results for c in completions)
+        self.stats.record(len(conversations), results, 0.0)
         return results
+
+    def reload(self, model: str) -> bool:
+        """A script serves no model: nothing to reload."""
+        return False
 
     def close(self) -> None:
         """Nothing to release; records that it was called."""

@@ -97,8 +97,12 @@ class HFGenerator:
         for batch in self._batches(rows, params.max_new_tokens):
             for row, completion in zip(batch, self._generate_batch(batch, params)):
                 results[row.conversation][row.sample] = completion
-        self._count(conversations, results, time.perf_counter() - started)
+        self.stats.record(len(conversations), results, time.perf_counter() - started)
         return results
+
+    def reload(self, model: str) -> bool:
+        """The model lives in this process and is built around its weights: a new one means a new generator."""
+        return False
 
     def close(self) -> None:
         """Drop the model (and empty the CUDA cache when it was on a GPU); generating afterwards is an error."""
@@ -215,13 +219,6 @@ class HFGenerator:
             else:
                 high = middle
         return high
-
-    def _count(self, conversations, results: list[list[Completion]], seconds: float) -> None:
-        self.stats.calls += 1
-        self.stats.prompts += len(conversations)
-        self.stats.completions += sum(len(completions) for completions in results)
-        self.stats.generated_tokens += sum(c.num_tokens for completions in results for c in completions)
-        self.stats.seconds += seconds
 
 
 def _end_token_ids(model, tokenizer) -> list[int]:

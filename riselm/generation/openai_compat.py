@@ -128,11 +128,8 @@ class OpenAIGenerator:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        with self._stats_lock:
-            self.stats.calls += 1
-            self.stats.prompts += len(conversations)
-            self.stats.completions += sum(len(completions) for completions in results)
-            self.stats.seconds += time.perf_counter() - started
+        with self._stats_lock:  # the tokens were counted per request, from the server's usage
+            self.stats.record(len(conversations), results, time.perf_counter() - started, generated_tokens=0)
         return [completions[: params.n] for completions in results]
 
     def check(self, timeout_s: float = 10.0) -> None:
@@ -193,6 +190,10 @@ class OpenAIGenerator:
             raise failed(f"a one-token completion {refused}: {describe(error)}{not_listed}") from error
         except OpenAIError as error:
             raise failed(f"a one-token completion: {describe(error)}{not_listed}") from error
+
+    def reload(self, model: str) -> bool:
+        """The server decides what it serves: another model is another generator."""
+        return False
 
     def close(self) -> None:
         """Close the HTTP client's connections; generating afterwards is an error."""

@@ -153,14 +153,14 @@ class VLLMGenerator:
             samples = [_completion(sample, prompt_ids, with_logprobs) for sample in ordered]
             results[i] = samples * params.n if params.greedy else samples  # greedy: one sample stands for n
         generated = sum(len(sample.token_ids) for output in outputs for sample in output.outputs)
-        self._count(len(conversations), results, generated, time.perf_counter() - started)
+        self.stats.record(len(conversations), results, time.perf_counter() - started, generated)  # greedy copies not counted
         self.stats.extra["prompt_tokens"] += sum(len(prompts[i]) for i in runnable)
         self.stats.extra["cached_prompt_tokens"] += sum(output.num_cached_tokens or 0 for output in outputs)
         return results
 
     # ---- checkpoints and lifetime ------------------------------------------------------------
 
-    def reload(self, model: str | os.PathLike) -> None:
+    def reload(self, model: str | os.PathLike) -> bool:
         """Serve `model` from now on: a full model directory (fresh engine) or a LoRA adapter directory.
 
         An adapter is applied to the base model the engine serves; it is swapped in without a restart
@@ -170,13 +170,14 @@ class VLLMGenerator:
         if not is_adapter(model_dir):
             self.close()
             self._start(model_dir)
-            return
+            return True
         if self._llm is not None and self._enable_lora and adapter_rank(model_dir) <= self._max_lora_rank:
             self._lora = self._lora_request(model_dir)
-            return
+            return True
         base = self._base_dir
         self.close()
         self._start(base, adapter=model_dir)
+        return True
 
     def close(self) -> None:
         """Shut the engine down and release its memory (weights, KV cache); `reload` starts a new one.
@@ -294,14 +295,6 @@ class VLLMGenerator:
                 "seeded sampling on CPU needs chunked prefill off (vLLM's CPU sampler crashes on seeded requests whose "
                 "prefill is chunked); leave enable_chunked_prefill unset, or sample with seeds=None"
             )
-
-    def _count(self, prompts: int, results: list[list[Completion]], generated_tokens: int, seconds: float) -> None:
-        self.stats.calls += 1
-        self.stats.prompts += prompts
-        self.stats.completions += sum(len(completions) for completions in results)
-        self.stats.generated_tokens += generated_tokens  # tokens the engine produced (greedy copies not counted)
-        self.stats.seconds += seconds
-
 
 
 def _has_logprobs_mode() -> bool:

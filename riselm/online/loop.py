@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
+from riselm.rundir import FINAL_PARTIAL, ONLINE_PREFIX
 from riselm.evaluation.evaluate import evaluate
 from riselm.online.batch import action_rows
 from riselm.online.monitor import Monitor, rollout_stats
@@ -70,18 +71,20 @@ def group_by_problem(episodes: Sequence[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
-def online_stage(run, start_model: str, stage_dir: Path) -> str:
-    """Train `start_model` online into `stage_dir`; returns the final model's directory.
+def online_stage(run, start_model: str) -> str:
+    """Train `start_model` online into the run's online/ folder; returns the final model's directory.
 
-    The live policy is evaluated into `stage_dir/eval-step{N}` every `eval_every` steps; the final
-    model is evaluated by the caller like every other stage's.
+    The live policy is evaluated into online/eval-step{N} every `eval_every` steps (RunLayout); the
+    final model is evaluated by the caller like every other stage's.
     """
     from transformers import AutoTokenizer
 
     from riselm.models import load_causal_lm, resolve_model_dir
 
     s = run.settings.online
-    final = stage_dir / "final"
+    layout = run.layout
+    stage_dir = layout.online_dir
+    final = layout.model("online")
     if final.exists():
         return str(final)
     start_dir = resolve_model_dir(start_model)
@@ -90,12 +93,12 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     updater = PolicyUpdater(model, s, pad_id, temperature=s.sampling.temperature)
     done = _resume(stage_dir, model, updater)
-    generator = _policy_generator(run, model, tokenizer, stage_dir)
-    monitor = Monitor(stage_dir, s.report_to, done, run.show_progress, s.steps)
+    generator = _policy_generator(run, model, tokenizer)
+    monitor = Monitor(layout, s.report_to, done, run.show_progress, s.steps)
     schedule = [Step(generator, n, source="learner") for n in s.candidates]
     try:
         if _evaluates_at(s, done):  # killed during the evaluation after its checkpoint: finish it first
-            _evaluate_live(run, generator, stage_dir, done)
+            _evaluate_live(run, generator, done)
         for step in range(done, s.steps):
             number = step + 1
             timings: dict[str, float] = {}
@@ -112,13 +115,13 @@ def online_stage(run, start_model: str, stage_dir: Path) -> str:
             row.update({f"{k}_s": round(v, 3) for k, v in timings.items()}, step_s=round(time.perf_counter() - start, 3))
             row["tokens_per_s"] = generated / timings["generate"] if timings.get("generate") else 0.0
             monitor.log(number, row)
-            if number % s.sync_every == 0 and hasattr(generator, "reload"):
-                _sync(generator, model, tokenizer, stage_dir)
+            if number % s.sync_every == 0 and run.settings.learner.backend != "hf":  # hf samples from the live weights
+                _sync(generator, model, tokenizer, layout.online_sync)
             if number % s.save_every == 0 and number < s.steps:
                 _save(stage_dir, number, model, tokenizer, updater)
             if _evaluates_at(s, number):
-                _evaluate_live(run, generator, stage_dir, number)
-        partial = stage_dir / "final.partial"
+                _evaluate_live(run, generator, number)
+        partial = stage_dir / FINAL_PARTIAL
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
@@ -136,14 +139,14 @@ def _evaluates_at(settings, number: int) -> bool:
     return bool(settings.eval_every) and 0 < number < settings.steps and number % settings.eval_every == 0
 
 
-def _evaluate_live(run, generator, stage_dir: Path, number: int) -> None:
+def _evaluate_live(run, generator, number: int) -> None:
     evaluate(
-        run.task, generator, stage_dir / f"eval-step{number}", run.settings.eval, problems=run.eval_problems,
-        seed=run.settings.seed, show_progress=False, title=f"online@{number}: {run.task.name}",
+        run.task, generator, run.layout.online_eval_dir(number), run.settings.eval, problems=run.eval_problems,
+        seed=run.settings.seed, show_progress=False, title=f"{ONLINE_PREFIX}{number}: {run.task.name}",
     )
 
 
-def _policy_generator(run, model, tokenizer, stage_dir: Path):
+def _policy_generator(run, model, tokenizer):
     """The live policy on the hf backend, or a vLLM engine synced every `sync_every` steps."""
     learner = run.settings.learner
     if learner.backend == "hf":
@@ -159,19 +162,14 @@ def _policy_generator(run, model, tokenizer, stage_dir: Path):
             "vLLM's in-place weight reload is not used (it returned wrong tokens on CPU)",
             run.settings.online.sync_every,
         )
-        path = _sync_dir(stage_dir)
+        path = run.layout.online_sync
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         return build(learner, str(path))
     raise ValueError(f"method online needs learner.backend hf or vllm (the sampled token ids), got {learner.backend!r}")
 
 
-def _sync_dir(stage_dir: Path) -> Path:
-    return stage_dir / "sync"
-
-
-def _sync(generator, model, tokenizer, stage_dir: Path) -> None:
-    path = _sync_dir(stage_dir)
+def _sync(generator, model, tokenizer, path: Path) -> None:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     generator.reload(path)
@@ -196,9 +194,9 @@ def _resume(stage_dir: Path, model, updater: PolicyUpdater) -> int:
     path = last_complete_checkpoint(stage_dir)
     if path is None:
         return 0
-    from transformers import AutoModelForCausalLM
+    from riselm.models import load_causal_lm
 
-    saved = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    saved = load_causal_lm(path, dtype=torch.float32)
     model.load_state_dict(saved.state_dict())
     del saved
     state = torch.load(path / "online_state.pt", weights_only=False)

@@ -9,16 +9,13 @@ update) with generated tokens per second.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from riselm.files import save_figure
 from riselm.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 from riselm.rollout.episode import Episode
-
-METRICS_FILE = "metrics.jsonl"
-
+from riselm.rundir import RunLayout
 
 def rollout_stats(episodes: Sequence[Episode], turns: int) -> dict[str, float]:
     """Reward and accuracy per turn, transition rates and the no-answer share of a step's episodes."""
@@ -42,9 +39,9 @@ def rollout_stats(episodes: Sequence[Episode], turns: int) -> dict[str, float]:
 class Monitor:
     """Writes one row of metrics per step; resumes by keeping the rows of the steps already done."""
 
-    def __init__(self, stage_dir: Path, report_to: Sequence[str], done_steps: int, show_progress: bool, total_steps: int):
-        self.stage_dir = stage_dir
-        self.path = stage_dir / METRICS_FILE
+    def __init__(self, layout: RunLayout, report_to: Sequence[str], done_steps: int, show_progress: bool, total_steps: int):
+        self.layout = layout
+        self.path = layout.online_metrics
         kept = [row for _, row in iter_jsonl(self.path) if row["step"] <= done_steps] if self.path.exists() else []
         write_jsonl(self.path, kept)  # steps after the checkpoint are redone, so their rows go
         self.rows: list[dict[str, Any]] = kept
@@ -53,7 +50,7 @@ class Monitor:
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(stage_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(layout.online_tensorboard))
         self._bar = None
         if show_progress:
             from tqdm.auto import tqdm
@@ -82,7 +79,7 @@ class Monitor:
             self._writer.close()
         if self._bar is not None:
             self._bar.close()
-        plot_curves(self.rows, self.stage_dir / "curves.png")
+        plot_curves(self.rows, self.layout.online_curves)
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -120,8 +117,3 @@ def _moving_mean(values: Sequence[float | None], window: int) -> list[float | No
         recent = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
         out.append(sum(recent) / len(recent) if recent else None)
     return out
-
-
-def read_metrics(stage_dir: Path) -> list[dict[str, Any]]:
-    path = stage_dir / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

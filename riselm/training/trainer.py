@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from riselm.files import write_json
+from riselm.hardware import resolve_precision
+from riselm.rundir import FINAL, FINAL_PARTIAL, TRAIN_CONFIG
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
 from riselm.settings import SamplesSettings, TrainSettings
 from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
@@ -100,7 +102,7 @@ def training_arguments(
 ) -> TrainingArguments:
     """transformers TrainingArguments for `config`; `strategy` shards the model across processes
     (ddp: none, each process holds it all; fsdp: PyTorch FSDP full sharding; zero3: DeepSpeed ZeRO-3)."""
-    bf16 = config.bf16 if config.bf16 is not None else bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    bf16 = resolve_precision(config.precision) == "bf16"
     return TrainingArguments(
         **_sharding(strategy),
         output_dir=str(output_dir),
@@ -210,15 +212,15 @@ def train_weighted(
         logger.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
 
-    final = output_dir / "final"
-    partial = output_dir / "final.partial"
+    final = output_dir / FINAL
+    partial = output_dir / FINAL_PARTIAL
     if trainer.is_world_process_zero():
         shutil.rmtree(partial, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     _save_final(trainer, config, partial)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(partial)
-        write_json(output_dir / "train_config.json", config.model_dump())
+        write_json(output_dir / TRAIN_CONFIG, config.model_dump())
         publish(partial, final)
     trainer.accelerator.wait_for_everyone()
     return final

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from riselm.demo import demo_config, init_model
+from riselm.demo import prepare_demo
 from riselm.online import update
 from riselm.pipeline import run_pipeline
 
@@ -39,9 +39,7 @@ TINY = [
 
 
 def run(out, extra=()):
-    settings, shape = demo_config(out, TINY + list(extra))
-    init_model(out / "init", shape)
-    return run_pipeline(settings, show_progress=False)
+    return run_pipeline(prepare_demo(out, TINY + list(extra)), show_progress=False)
 
 
 def final_weights(out):

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("vllm", exc_type=ImportError)
 
-from riselm.demo import demo_config, init_model  # noqa: E402
+from riselm.demo import prepare_demo  # noqa: E402
 from riselm.pipeline import run_pipeline  # noqa: E402
 
 OVERRIDES = [
@@ -24,8 +24,7 @@ OVERRIDES = [
 
 
 def test_online_with_vllm_syncs_the_engine_and_trains(tmp_path, caplog):
-    settings, shape = demo_config(tmp_path, OVERRIDES)
-    init_model(tmp_path / "init", shape)
+    settings = prepare_demo(tmp_path, OVERRIDES)
     with caplog.at_level("WARNING"):
         stages = run_pipeline(settings, show_progress=False)
     assert "takes new weights by a restart every 1 steps" in caplog.text
@@ -47,15 +46,15 @@ def test_after_each_sync_the_engine_serves_the_trained_weights(tmp_path, monkeyp
     real_reload = VLLMGenerator.reload
 
     def reload_and_sample(self, model):
-        real_reload(self, model)
+        reloaded = real_reload(self, model)
         params = SamplingParams(temperature=1.0, max_new_tokens=8, logprobs=True)
         completion = self.generate([[{"role": "user", "content": "What is 2+3?"}]], params, seeds=[0])[0][0]
         served.append((AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32), completion))
+        return reloaded
 
     monkeypatch.setattr(VLLMGenerator, "reload", reload_and_sample)
     # awr always moves the weights (it imitates the samples); pg would not if every reward were equal
-    settings, shape = demo_config(tmp_path, OVERRIDES + ["online.objective=awr"])
-    init_model(tmp_path / "init", shape)
+    settings = prepare_demo(tmp_path, OVERRIDES + ["online.objective=awr"])
     run_pipeline(settings, show_progress=False)
     start = AutoModelForCausalLM.from_pretrained(tmp_path / "init", dtype=torch.float32)
 
