@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 
 from riselm.rundir import EPISODES_FILE, NOT_CONTENT, REPORT_FILE, RunLayout, model_identity as _model_identity, without
-from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, default
+from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, check_schedule, default
 
 app = typer.Typer(
     name="riselm",
@@ -220,8 +220,7 @@ def collect_command(
     ))
     where = _settings(TaskSettings, dict(name=task, train_split=split, train_data=data, train_limit=limit))
     wanted = {s.model for s in steps}
-    if wanted - {"learner", "expert"}:
-        _fail(f"--schedule names unknown model(s) {sorted(wanted - {'learner', 'expert'})}; use `learner` or `expert`")
+    _run(check_schedule, steps, ["learner", "expert"], "--schedule")
     if "expert" in wanted and not expert:
         _fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
     task_obj = _run(get_task, task, **_options(task_option))

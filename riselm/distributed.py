@@ -21,7 +21,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from riselm.files import write_json
 from riselm.settings import DistributedSettings
@@ -47,16 +46,6 @@ class World:
             import torch.distributed as dist
 
             dist.barrier(group=_control_group())
-
-    def broadcast(self, value: Any) -> Any:
-        """The main process's `value`, on every process."""
-        if self.size == 1:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0, group=_control_group())
-        return box[0]
 
 
 def world() -> World:

@@ -33,9 +33,9 @@ from riselm.settings import RunSettings, TrainSettings
 from riselm.summary import StageResult, write_summary
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
-from riselm.training.samples import TrainingSample, first_turn_samples, samples_from_episodes
+from riselm.methods import METHODS, Method
+from riselm.training.samples import TrainingSample
 
-SINGLE_TURN_METHODS = ("filtered_sft", "single_turn_rwr")  # baselines that collect and train on first turns only
 
 
 @dataclass
@@ -53,6 +53,10 @@ class Run:
     @property
     def layout(self) -> RunLayout:
         return RunLayout(self.out)
+
+    @property
+    def method(self) -> Method:
+        return METHODS[self.settings.method]
 
     def stage(self, name: str) -> None:
         """Record the stage this process is in (a failed worker is reported with it)."""
@@ -85,7 +89,7 @@ def _run_stages(settings: RunSettings, show_progress: bool, current: distributed
             with timed(seconds, "boost"):
                 model = boost_stage(run, learner, model)
             stages.append(evaluate_stage(run, learner, model, "boost", seconds))
-        if settings.method == "online":
+        if run.method.online:
             stages += online(run, learner, model)
         else:
             stages += rise_iterations(run, learner, model)
@@ -117,7 +121,7 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
     """Set the CPU threads, load the task and its problems, save the validated config into the run directory."""
     if settings.threads:
         set_cpu_threads(settings.threads, distributed.processes_per_node(settings.distributed))
-    if settings.method == "online" and current.size > 1:
+    if METHODS[settings.method].online and current.size > 1:
         raise ConfigError("method online runs in one process; set distributed.processes=1")
     if settings.distributed.strategy != "ddp" and not _has_gpu():
         raise ConfigError(f"distributed.strategy {settings.distributed.strategy!r} shards the model over GPUs; use ddp on CPU")
@@ -139,7 +143,7 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
 
 def check_expert_servers(settings: RunSettings) -> None:
     """Ask every expert server the schedule uses whether it is up and serves its model, before any work."""
-    if settings.method != "rise" and settings.method != "rise_success":
+    if not METHODS[settings.method].uses_experts:
         return
     named = {step.model for step in settings.collect.schedule}
     for name, expert in settings.experts.items():
@@ -175,7 +179,7 @@ def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, ite
     run.stage(f"collect ({collect_dir})")
     settings = run.settings
     collect_settings = settings.collect
-    if settings.method in SINGLE_TURN_METHODS:  # the single-turn baselines sample first turns only
+    if run.method.first_turns_only:  # the single-turn baselines sample first turns only
         collect_settings = collect_settings.model_copy(update={"max_turns": 1})
     generators: dict[str, Generator] = {"learner": learner.at(model)}
     named = {step.model for step in settings.collect.schedule}
@@ -198,10 +202,7 @@ def build_samples(run: Run, collect_dirs: Sequence[Path], samples_path: Path) ->
     method builds them; written to `samples_path`."""
     episodes = [e for d in collect_dirs for e in read_episodes(d / EPISODES_FILE)]
     method, settings = run.settings.method, run.settings.samples
-    if method in SINGLE_TURN_METHODS:
-        samples = first_turn_samples(episodes, settings, weighted=method == "single_turn_rwr")
-    else:
-        samples = samples_from_episodes(episodes, settings.model_copy(update={"filter": "success"}) if method == "rise_success" else settings)
+    samples = run.method.samples(episodes, settings)
     if not samples:
         truncated = sum(t.truncated for e in episodes for t in e.turns)
         raise ValueError(

@@ -65,6 +65,14 @@ class ScheduleStep(_Settings):
     n: int = Field(1, ge=1)  # candidates; the best by reward is kept
 
 
+def check_schedule(schedule: list[ScheduleStep], known: list[str], where: str = "collect.schedule") -> None:
+    """The one check of an improver schedule: every model it names is known (ValueError naming them)."""
+    unknown = sorted({step.model for step in schedule} - set(known))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise ValueError(f"{where} names model(s) {names}, which {'is' if len(unknown) == 1 else 'are'} not defined; known: {', '.join(known)}")
+
+
 class CollectSettings(_Settings):
     """RISE data collection (spec section 2): on-policy turn 1, best-of-N improvements after wrong turns."""
 
@@ -288,10 +296,7 @@ class RunSettings(_Settings):
 
     @model_validator(mode="after")
     def _improvers_known(self) -> "RunSettings":
-        for step in self.collect.schedule:
-            if step.model != "learner" and step.model not in self.experts:
-                known = ", ".join(["learner", *self.experts])
-                raise ValueError(f"collect.schedule names model {step.model!r}, which is not defined; known: {known}")
+        check_schedule(self.collect.schedule, ["learner", *self.experts])
         for name, expert in self.experts.items():
             if expert.model is None:
                 raise ValueError(f"experts.{name}.model is required")

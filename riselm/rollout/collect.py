@@ -23,15 +23,13 @@ from riselm.generation.base import Generator
 from riselm.rollout.engine import RolloutSpec, Step
 from riselm.rollout.shards import sharded_rollout
 from riselm.rollout.episode import Episode
-from riselm.settings import CollectSettings, ScheduleStep
+from riselm.settings import CollectSettings, ScheduleStep, check_schedule
 from riselm.tasks.base import Problem, Task
 
 
 def resolve_schedule(schedule: Sequence[ScheduleStep], generators: Mapping[str, Generator]) -> list[Step]:
     """The schedule's model names resolved against `generators` ("learner" and the experts, by name)."""
-    unknown = sorted({s.model for s in schedule} - set(generators))
-    if unknown:
-        raise ValueError(f"the schedule names unknown model(s) {unknown}; known: {', '.join(generators)}")
+    check_schedule(list(schedule), list(generators), "the schedule")
     return [Step(generators[s.model], s.n, source=s.model) for s in schedule]
 
 

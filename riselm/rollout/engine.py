@@ -212,7 +212,8 @@ def _rollout_chunk(
 CRITIQUE_REQUEST = (
     "Review your answer above step by step and point out any mistakes in it. Do not write a new answer yet."
 )
-REFINE_REQUEST = "Using your review, answer the question again: {question} Put your final answer within \\boxed{{}}."
+# followed by the task's own first message, so the answer format is the task's (\boxed{} or a code block)
+REFINE_REQUEST = "Using your review, answer the question again.\n\n{prompt}"
 
 
 def self_refine(
@@ -229,7 +230,7 @@ def self_refine(
     for episode, problem, (review, *_) in zip(episodes, problems, reviews):
         last = episode.turns[-1]
         last.critique_request, last.critique = CRITIQUE_REQUEST, review.text
-        last.feedback = REFINE_REQUEST.format(question=problem.question)
+        last.feedback = REFINE_REQUEST.format(prompt=task.prompt(problem))
 
 
 def _candidates(completions: Sequence[Completion], scores: Sequence[Score]) -> list[Candidate]:

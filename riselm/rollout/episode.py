@@ -15,6 +15,7 @@ from typing import Any
 
 from riselm.generation.base import Conversation
 from riselm.jsonl import DataError, drop_torn_tail, iter_jsonl
+from riselm.tasks.base import is_correct
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Turn:
 
     @property
     def correct(self) -> bool:
-        return self.reward >= 1.0
+        return is_correct(self.reward)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

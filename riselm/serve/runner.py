@@ -175,7 +175,7 @@ class Runner:
         out = {}
         for job, episode in zip(jobs, episodes, strict=True):
             turns = [(t.response, t.pred, t.num_tokens, t.truncated) for t in episode.turns]
-            prompts = [self.counter(episode.messages(upto=k, window=window)) for k in range(len(episode.turns))]
+            prompts = [self.counter(episode.messages(upto=0, window=window))]
             reason = "given_up" if job.given_up else "stable" if len(episode.turns) < job.turns else "turns"
             out[job.key] = self.outcome(turns, prompts, reason)
         return out

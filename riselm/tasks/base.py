@@ -29,6 +29,14 @@ class Problem:
     meta: dict[str, Any] = field(default_factory=dict)  # task-specific extras (tests, level, subject…)
 
 
+CORRECT_REWARD = 1.0  # a reward at or above this is a correct answer (tasks give 1.0 for correct)
+
+
+def is_correct(reward: float) -> bool:
+    """Whether a reward means a correct answer: the one definition of "correct"."""
+    return reward >= CORRECT_REWARD
+
+
 @dataclass(frozen=True)
 class Score:
     pred: str | None  # the extracted final answer, None when the response has none
@@ -37,7 +45,7 @@ class Score:
 
     @property
     def correct(self) -> bool:
-        return self.reward >= 1.0
+        return is_correct(self.reward)
 
 
 class Task(ABC):

@@ -19,6 +19,7 @@ from riselm.generation.base import Conversation
 from riselm.jsonl import DataError, iter_jsonl
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.settings import SamplesSettings
+from riselm.tasks.base import is_correct
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def keep_turn(rewards: Sequence[float], t: int, filter: str) -> bool:
     if filter == "best":
         return all(r >= earlier for earlier in rewards[:t])
     if filter == "success":
-        return r >= 1.0
+        return is_correct(r)
     raise ValueError(f"unknown sample filter {filter!r}; known: {', '.join(FILTERS)}")
 
 

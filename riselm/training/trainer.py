@@ -7,8 +7,13 @@ optimizer step, so micro-batch 4 × accumulation 16 gives the same update as one
 
 `train_weighted` is the one-call entry: model (or path), samples, output dir and `TrainSettings`
 (riselm.settings); it resumes from the last checkpoint in the output dir and saves the final model and
-tokenizer to `output_dir/final`. Multi-GPU runs (DDP, FSDP, DeepSpeed ZeRO-3) go through
-`accelerate launch --config_file configs/accelerate/<name>.yaml`; nothing here changes for them.
+tokenizer to `output_dir/final`.
+
+Several processes: `riselm run` starts its own workers (riselm.distributed, torch's elastic
+launcher), and in each the HF Trainer trains data-parallel, or shards the model with FSDP or
+DeepSpeed ZeRO-3 when `distributed.strategy` asks (`training_arguments`). `riselm train` alone can
+also run under `accelerate launch` (configs/accelerate/); the Trainer then takes the processes
+accelerate started. Either way the loss is the mean over the global batch's samples.
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def test_self_refine_asks_for_a_review_then_for_an_improved_answer(tmp_path):
     turns = episode["turns"]
     assert [t["reward"] for t in turns] == [0.0, 1.0, 1.0]
     assert [t["critique"] for t in turns] == ["review of attempt 1", "review of attempt 2", None]
-    assert turns[0]["feedback"].startswith("Using your review, answer the question again: What is 1+1?")
+    assert turns[0]["feedback"] == "Using your review, answer the question again.\n\n" + ToyTask().prompt(toy_problems(2)[1])
     # the calls alternate: answer, review, answer, review, answer; each sees the whole exchange so far
     roles = [[m["role"] for m in call.conversations[0]] for call in gen.calls]
     assert roles == [

@@ -61,11 +61,12 @@ def test_k3_returns_the_majority_of_the_turns_answers(answers, voted_turn, voted
 
 
 def test_a_task_brings_its_prompt_retry_message_and_answer_equivalence():
-    # arithmetic compares integers: "004" and "4" are one answer, so they outvote "5"
-    gen, app = serve(by_turn({1: "004", 2: 5, 3: 4}), turns=3, task="arithmetic")
+    # arithmetic compares integers: "004" and "4" are one answer, so they outvote "5" (a tie of three strings otherwise)
+    gen, app = serve(by_turn({1: "004", 2: 4, 3: 5}), turns=3, task="arithmetic")
     with running(app) as url:
         response = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "2+2=?"}])
-    assert extra(response)["vote"]["answer"] == "4" and extra(response)["vote"]["groups"] == [[1, 3], [2]]
+    assert extra(response)["vote"]["answer"] == "4" and extra(response)["vote"]["groups"] == [[1, 2], [3]]
+    assert response.choices[0].message.content == "attempt 2: \\boxed{4}"
     first, second = gen.calls[0].conversations[0], gen.calls[1].conversations[0]
     assert first == [{"role": "user", "content": "Compute. Answer in \\boxed{}.\n\n2+2=?"}]
     assert second[-1]["content"] == "Incorrect. Try again: 2+2=?"

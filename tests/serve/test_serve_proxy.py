@@ -38,7 +38,7 @@ def test_the_proxy_runs_the_turns_and_the_vote_over_the_server_behind_it(monkeyp
     # the server behind saw the question, then the proxy's growing conversations (continued with one completion each)
     sent = [call.conversations[0] for call in inner_gen.calls]
     assert [len(c) for c in sent] == [1, 3, 5, 1, 3, 5]
-    assert sent[2][-1]["content"].startswith("Your answer is incorrect.") and sent[2][2]["content"] == "attempt 2: \\boxed{5}"
+    assert sent[2][-1]["content"].startswith("Your answer is incorrect.") and sent[2][3]["content"] == "attempt 2: \\boxed{5}"
     assert inner_gen.calls[0].seeds == inner_gen.calls[3].seeds  # the proxy's conversation seeds reach the backend
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "attempt 3: \\boxed{4}"
     out, err = capfd.readouterr()
