@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 
 from riselm.rundir import EPISODES_FILE, NOT_CONTENT, REPORT_FILE, RunLayout, model_identity as _model_identity, without
+from riselm.serve.settings import ServeSettings  # pydantic only: FastAPI is imported by `serve` itself
 from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, check_schedule, default
 
 app = typer.Typer(
@@ -321,9 +322,6 @@ def _pipeline(settings, argv: list[str], overwrite: bool = False) -> None:
     typer.echo(RunLayout(settings.out).summary("md").read_text())
 
 
-from riselm.serve.settings import ServeSettings  # noqa: E402 - pydantic only; FastAPI is imported by the command
-
-
 @app.command("serve")
 def serve_command(
     model: str = typer.Argument(..., help="Local dir, hub id, .gguf file or 'smollm2' (hf, vllm); the served model's name (openai)."),
@@ -334,13 +332,19 @@ def serve_command(
     turns: int = typer.Option(default(ServeSettings, "turns"), "--turns", "-k", help="Turns K per request (a request may ask for others)."),
     max_turns: int = typer.Option(default(ServeSettings, "max_turns"), help="The most turns a request may ask for."),
     window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
-    stop_when_stable: int = typer.Option(default(ServeSettings, "stop_when_stable"), help="Stop once N consecutive turns give the same answer (0: never)."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="Prompt, retry message and answer extractor of this task (default: generic \\boxed{})."),
+    stop_when_stable: int = typer.Option(
+        default(ServeSettings, "stop_when_stable"), help="Stop once N consecutive turns give the same answer (0: never)."
+    ),
+    task: Optional[str] = typer.Option(
+        None, "--task", "-t", help="Prompt, retry message and answer extractor of this task (default: generic \\boxed{})."
+    ),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
     temperature: float = typer.Option(default(SamplingSettings, "temperature"), help="Default sampling temperature; 0 for greedy."),
     top_p: float = typer.Option(default(SamplingSettings, "top_p")),
     max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens"), help="Default max_tokens of a turn."),
-    max_concurrency: int = typer.Option(default(ServeSettings, "max_concurrency"), help="Requests generated at once (hf, vllm: one batch)."),
+    max_concurrency: int = typer.Option(
+        default(ServeSettings, "max_concurrency"), help="Requests generated at once (hf, vllm: one batch)."
+    ),
     max_queue: int = typer.Option(default(ServeSettings, "max_queue"), help="Requests waiting beyond those; more get 429."),
     request_timeout: float = typer.Option(default(ServeSettings, "request_timeout"), help="Seconds before a request gets 504."),
     max_prompt_tokens: Optional[int] = typer.Option(None, help="Longest prompt accepted (default: what fits the model's positions)."),

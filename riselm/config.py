@@ -5,6 +5,7 @@ Errors name the file and the key: an unknown key, a value out of range, a model 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), check_models: bool = True) -> RunSettings:
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), check_models: bool = True) -> RunSettings:
     """Read a YAML run config (or none: all defaults), apply key=value overrides and validate.
 
     With `check_models`, every model the run names must also be at hand (see `check_model_specs`).

@@ -10,6 +10,7 @@ exp(r/tau)-weighted samples, train, and evaluate 5 sequential turns against 5 pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -69,7 +70,7 @@ METHOD_RECIPES = {
 }
 
 
-def demo_config(out: str | Path, overrides: list[str] = ()) -> tuple[RunSettings, dict]:
+def demo_config(out: str | Path, overrides: Sequence[str] = ()) -> tuple[RunSettings, dict]:
     """The demo's run settings (with `overrides`) and the shape of its from-scratch model."""
     method = next((o.partition("=")[2] for o in overrides if o.startswith("method=")), "rise")
     data = apply_overrides(yaml.safe_load(DEMO_CONFIG), METHOD_RECIPES.get(method, []) + list(overrides))
@@ -92,7 +93,7 @@ def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
     return path
 
 
-def prepare_demo(out: str | Path, overrides: list[str] = (), overwrite: bool = False) -> RunSettings:
+def prepare_demo(out: str | Path, overrides: Sequence[str] = (), overwrite: bool = False) -> RunSettings:
     """The demo's settings, with its from-scratch model written into `out` (once, after claiming `out`)."""
     from riselm.pipeline import run_identity
     from riselm.rundir import claim
@@ -104,7 +105,7 @@ def prepare_demo(out: str | Path, overrides: list[str] = (), overwrite: bool = F
     return settings
 
 
-def run_demo(out: str | Path = "runs/demo", overrides: list[str] = (), show_progress: bool = True):
+def run_demo(out: str | Path = "runs/demo", overrides: Sequence[str] = (), show_progress: bool = True):
     """Run (or resume) the demo into `out` in this process; returns the pipeline's stage results."""
     from riselm.pipeline import run_pipeline
 

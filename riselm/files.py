@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def _atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+def _atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keeps the suffix: matplotlib reads the format from it

@@ -34,6 +34,13 @@ def build(settings: GeneratorSettings, model: str) -> Generator:
     )
 
 
+def build_expert(settings: GeneratorSettings) -> Generator:
+    """An expert's generator, for the model its settings name (RunSettings requires one)."""
+    if settings.model is None:
+        raise ValueError("an expert's settings must name its model")
+    return build(settings, settings.model)
+
+
 class Learner:
     """The learner's generator across stages, built when it is first asked to generate.
 
@@ -68,13 +75,16 @@ class Learner:
         return True
 
     def _ready(self) -> Generator:
-        if self._generator is not None and self._serving != self._wanted:
-            if self._generator.reload(self._wanted):
-                self._serving = self._wanted
+        wanted = self._wanted
+        if wanted is None:
+            raise RuntimeError("the learner serves no model yet: call at(model) before generating")
+        if self._generator is not None and self._serving != wanted:
+            if self._generator.reload(wanted):
+                self._serving = wanted
             else:
                 self.close()
         if self._generator is None:
-            self._generator, self._serving = build(self.settings, self._wanted), self._wanted
+            self._generator, self._serving = build(self.settings, wanted), wanted
         return self._generator
 
     def close(self) -> None:

@@ -49,7 +49,7 @@ def resolve_precision(precision: Precision, device: str | None = None) -> Litera
     else:
         flag = cpu_bf16_flag()
         native, reason = flag is not None, f"this CPU ({flag or 'no AVX512-BF16 or AMX-BF16'})"
-    chosen = "bf16" if native else "fp32"
+    chosen: Literal["fp32", "bf16"] = "bf16" if native else "fp32"
     _log_once(chosen, reason)
     return chosen
 

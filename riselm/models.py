@@ -14,6 +14,7 @@ import os
 import shutil
 import string
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -53,7 +54,7 @@ def build_tiny_model(
 ):
     """A randomly initialised causal LM sized for `tokenizer` ("llama" or "gpt2" architecture)."""
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
     torch.manual_seed(seed)
     common = dict(
@@ -62,6 +63,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
+    config: PretrainedConfig
     if arch == "llama":
         config = LlamaConfig(
             hidden_size=hidden_size,
@@ -237,7 +239,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    load_options = {"gguf_file": gguf_path.name}
+    load_options: dict[str, Any] = {"gguf_file": gguf_path.name}
     try:  # transformers >= 5 can keep GGUF blocks packed; ask for plain dense weights instead
         from transformers import GgufConfig
 

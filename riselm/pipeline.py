@@ -22,7 +22,7 @@ from riselm import distributed
 from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
 from riselm.generation.base import Generator
-from riselm.generators import Learner, build
+from riselm.generators import Learner, build_expert
 from riselm.files import write_text_atomic
 from riselm.jsonl import write_jsonl
 from riselm.progress import timed
@@ -148,7 +148,10 @@ def check_expert_servers(settings: RunSettings) -> None:
     named = {step.model for step in settings.collect.schedule}
     for name, expert in settings.experts.items():
         if expert.backend == "openai" and name in named:
-            generator = build(expert, expert.model)
+            from riselm.generation.openai_compat import OpenAIGenerator
+
+            generator = build_expert(expert)
+            assert isinstance(generator, OpenAIGenerator)  # what backend openai builds
             try:
                 generator.check()
             finally:
@@ -183,7 +186,7 @@ def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, ite
         collect_settings = collect_settings.model_copy(update={"max_turns": 1})
     generators: dict[str, Generator] = {"learner": learner.at(model)}
     named = {step.model for step in settings.collect.schedule}
-    experts = {name: build(expert, expert.model) for name, expert in settings.experts.items() if name in named}
+    experts = {name: build_expert(expert) for name, expert in settings.experts.items() if name in named}
     try:
         episodes = collect(
             run.task, {**generators, **experts}, run.train_problems, episodes_path, collect_settings, settings.seed,

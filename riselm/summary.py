@@ -53,7 +53,7 @@ def table_keys(stages: Sequence[StageResult]) -> list[str]:
 def write_summary(layout: RunLayout, stages: Sequence[StageResult], title: str = "RISE") -> dict[str, Any]:
     """summary.json, summary.md and summary.png of the run."""
     keys = table_keys(stages)
-    summary = {"keys": keys, "stages": [s.row(keys) for s in stages]}
+    summary: dict[str, Any] = {"keys": keys, "stages": [s.row(keys) for s in stages]}
     write_json(layout.summary("json"), summary)
     lines = [f"# {title}", "", "| stage | " + " | ".join(keys) + " | acc@tk |", "|---|" + "---|" * (len(keys) + 1)]
     for row in summary["stages"]:

@@ -193,7 +193,7 @@ def _online_budget(steps: list[dict[str, Any]], after: int, upto: int | None, ro
     else:
         # summary.json times the whole online stage; the online@N stages before it already hold their steps
         total = _seconds(row)
-        spent = [b.wall_s for b in earlier if b.sources.get("wall_s") == "online/metrics.jsonl step_s"]
+        spent = [b.wall_s for b in earlier if b.wall_s is not None and b.sources.get("wall_s") == "online/metrics.jsonl step_s"]
         budget.wall_s = None if total is None else round(total - sum(spent), 1)
         source = "summary.json seconds"
     if budget.wall_s is not None:

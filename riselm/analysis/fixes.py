@@ -50,7 +50,7 @@ def fixes(
     """The Fig. 2 table from episodes (parallel: one-turn samples sharing a problem id); `key` is the
     task's canonical answer form, when it has one (riselm.evaluation.metrics.vote_groups)."""
     samples = _samples_by_problem(parallel)
-    later = {}
+    later: dict[str, Episode] = {}
     for e in sorted(sequential, key=lambda e: e.sample):
         later.setdefault(e.id, e)  # one sequential episode per problem: the first sample
     common = [pid for pid in samples if pid in later]

@@ -11,7 +11,8 @@ from riselm.files import save_figure
 def turn_table(sequential: dict[str, Any], parallel: dict[str, Any] | None = None) -> str:
     """A markdown table with one row per turn k: acc@tk, p1@tk, m1@tk, transitions, and mk@t1 / pass@k when run."""
     turns = int(sequential.get("turns", 0))
-    has_parallel = bool(parallel) and parallel.get("samples", 0) > 0
+    parallel = parallel or {}
+    has_parallel = parallel.get("samples", 0) > 0
     header = ["k", "acc@tk", "p1@tk", "m1@tk", "wrong→right", "right→wrong"]
     if has_parallel:
         header += ["mk@t1", "pass@k"]

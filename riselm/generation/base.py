@@ -83,8 +83,10 @@ class Generator(Protocol):
     connections; it is safe to call twice, and a closed generator does not generate any more.
     """
 
-    name: str
     stats: "GenerationStats"
+
+    @property
+    def name(self) -> str: ...  # read-only: a backend may hold it as an attribute or compute it
 
     def reload(self, model: str) -> bool: ...
 

@@ -21,10 +21,11 @@ never touches the global generator.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import inspect
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -104,7 +105,8 @@ class BufferedLayer(DynamicLayer):
 
     def reset(self) -> None:
         self.length = 0
-        self.keys = self.values = self._keys = self._values = None
+        self.keys = self.values = None
+        self._keys = self._values = torch.empty(0)  # the buffers are freed; the next update allocates new ones
         self.is_initialized = False
 
 
@@ -120,12 +122,12 @@ def new_cache(model, capacity: int) -> Cache:
 def cache_argument(model) -> str:
     """The name `forward` takes the KV cache under: transformers 5.2x renamed `past_key_values` to `cache`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model forwards **kwargs
-    return _cache_argument_of(type(base))
+    return _cache_argument_of(type(base).forward)
 
 
 @lru_cache(maxsize=None)
-def _cache_argument_of(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+def _cache_argument_of(forward: Callable[..., Any]) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def next_tokens(logits: torch.Tensor, sampling: Sampling, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -329,6 +331,7 @@ def _prefill_by_length(model, prompts: Sequence[Sequence[int]], cache: Cache, wi
     Returns the last-position logits of every prompt.
     """
     device = model.device
+    buffers = cast("list[BufferedLayer]", cache.layers)  # the caller checked that every layer is one
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
         by_length.setdefault(len(prompt), []).append(i)
@@ -337,12 +340,16 @@ def _prefill_by_length(model, prompts: Sequence[Sequence[int]], cache: Cache, wi
         group = DynamicCache()
         ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_argument(model): group}).logits[:, -1]
+        computed = cast("list[DynamicLayer]", group.layers)  # full attention only (the caller checked)
         if logits is None:
             logits = out.new_empty((len(prompts), out.shape[-1]))
-            for layer, computed in zip(cache.layers, group.layers):
-                layer.allocate(computed.keys, len(prompts))
+            for layer, states in zip(buffers, computed):
+                assert states.keys is not None  # the forward pass filled every layer
+                layer.allocate(states.keys, len(prompts))
         index = torch.tensor(rows, device=device)
         logits[index] = out
-        for layer, computed in zip(cache.layers, group.layers):
-            layer.write(index, width, computed.keys, computed.values)
+        for layer, states in zip(buffers, computed):
+            assert states.keys is not None and states.values is not None
+            layer.write(index, width, states.keys, states.values)
+    assert logits is not None  # prompts is not empty (sample_batch took the max of their lengths)
     return logits

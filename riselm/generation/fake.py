@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds
 
 Response = str | Completion
-Script = Callable[[Conversation, int], Response] | Callable[[Conversation, int, int | None], Response] | Sequence[Response]
+Answer = Callable[[Conversation, int], Response]  # script(conversation, sample_index)
+SeededAnswer = Callable[[Conversation, int, int | None], Response]  # script(conversation, sample_index, seed)
+Script = Answer | SeededAnswer | Sequence[Response]
 
 
 class Call(NamedTuple):
@@ -101,9 +103,9 @@ class ScriptedGenerator:
         if not callable(self.script):
             response = self.script[self._produced % len(self.script)]
         elif self._pass_seed:
-            response = self.script(conversation, sample, seed)
+            response = cast(SeededAnswer, self.script)(conversation, sample, seed)
         else:
-            response = self.script(conversation, sample)
+            response = cast(Answer, self.script)(conversation, sample)
         self._produced += 1
         if isinstance(response, Completion):
             return response

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from transformers import StopStringCriteria
 
@@ -97,8 +98,9 @@ class HFGenerator:
         for batch in self._batches(rows, params.max_new_tokens):
             for row, completion in zip(batch, self._generate_batch(batch, params)):
                 results[row.conversation][row.sample] = completion
-        self.stats.record(len(conversations), results, time.perf_counter() - started)
-        return results
+        completed = cast("list[list[Completion]]", results)  # every (conversation, sample) was a row
+        self.stats.record(len(conversations), completed, time.perf_counter() - started)
+        return completed
 
     def reload(self, model: str) -> bool:
         """The model lives in this process and is built around its weights: a new one means a new generator."""
@@ -176,14 +178,17 @@ class HFGenerator:
                 copies.append(1)
         sampling = Sampling(greedy=params.greedy, temperature=params.temperature, top_p=params.top_p)
         stop = StopStringCriteria(self.tokenizer, list(params.stop)) if params.stop else None
-        keys = [row.key for row in batch]
-        generated, logprobs = sample_batch(
-            self._model(), prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop,
-            row_keys=None if keys[0] is None else keys, return_logprobs=True,
+        keys = [row.key for row in batch if row.key is not None]  # every row has one (seeded sampling) or none does
+        generated, logprobs = cast(
+            "tuple[list[list[int]], list[list[float]] | None]",  # what sample_batch returns with return_logprobs=True
+            sample_batch(
+                self._model(), prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop,
+                row_keys=keys or None, return_logprobs=True,
+            ),
         )
         prompt_ids = {row.prompt: tuple(row.prompt_ids) for row in batch}
-        logprobs = logprobs or [None] * len(batch)  # greedy: nothing sampled
-        return [self._completion(tokens, params, prompt_ids[row.prompt], lp) for row, tokens, lp in zip(batch, generated, logprobs)]
+        row_logprobs: Sequence[list[float] | None] = logprobs or [None] * len(batch)  # greedy: nothing sampled
+        return [self._completion(tokens, params, prompt_ids[row.prompt], lp) for row, tokens, lp in zip(batch, generated, row_logprobs)]
 
     def _completion(
         self, tokens: list[int], params: SamplingParams, prompt_ids: tuple[int, ...], logprobs: list[float] | None = None

@@ -23,10 +23,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from riselm.generation.base import SEED_LIMIT, Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
 from riselm.generation.errors import BackendUnavailable
 from riselm.generation.retries import ServerRecord, describe, one_line, shorten, with_retries
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 
 @dataclass(frozen=True)
@@ -228,14 +232,14 @@ class OpenAIGenerator:
     def _complete(
         self, conversation: Conversation, request: _Request, params: SamplingParams, abort: threading.Event
     ) -> list[Completion]:
-        options = dict(n=request.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens)
+        options: dict[str, Any] = dict(n=request.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens)
         if request.seed is not None:  # left out rather than sent as null, which some servers reject
             options["seed"] = request.seed
         if params.stop:
             options["stop"] = list(params.stop)
         response = with_retries(
             lambda timeout: self.client.chat.completions.create(
-                model=self.model, messages=list(conversation), timeout=timeout, **options
+                model=self.model, messages=cast("list[ChatCompletionMessageParam]", list(conversation)), timeout=timeout, **options
             ),
             server=self.base_url,
             record=self._record,

@@ -161,7 +161,7 @@ def describe(error: Exception) -> str:
     if isinstance(error, APIConnectionError):
         cause: BaseException | None = error
         seen = 0
-        innermost = error
+        innermost: BaseException = error
         while cause is not None and seen < 10:
             if isinstance(cause, ConnectionRefusedError):
                 return "connection refused"

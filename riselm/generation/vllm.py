@@ -42,6 +42,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds
 from riselm.generation.errors import BackendUnavailable
@@ -55,6 +56,9 @@ from riselm.generation.vllm_setup import (
     is_adapter,
     resolve_model,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +116,7 @@ class VLLMGenerator:
         self._enable_lora = enable_lora
         self._max_lora_rank = max_lora_rank
         self._llm = None  # the running vllm.LLM, None when closed or dead
-        self._tokenizer = None  # the base model's HF tokenizer, renders prompts
+        self._tokenizer: PreTrainedTokenizerBase | None = None  # the base model's HF tokenizer, renders prompts
         self._base_dir: Path | None = None  # the model the engine serves
         self._lora = None  # the LoRARequest every generation uses, or None
         self._lora_ids = 0  # vLLM caches adapters by integer id: every new adapter gets the next one
@@ -175,6 +179,7 @@ class VLLMGenerator:
             self._lora = self._lora_request(model_dir)
             return True
         base = self._base_dir
+        assert base is not None  # the first _start, in __init__, set it
         self.close()
         self._start(base, adapter=model_dir)
         return True
@@ -266,6 +271,7 @@ class VLLMGenerator:
         raise BackendUnavailable(f"the vLLM engine for {self._base_dir} {self._dead}; call reload() to start a fresh one") from error
 
     def _prompt_ids(self, conversation: Conversation) -> list[int]:
+        assert self._tokenizer is not None  # the first _start, in __init__, loaded it
         ids = self._tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
 
@@ -289,7 +295,7 @@ class VLLMGenerator:
         return VLLMSamplingParams(temperature=params.temperature, top_p=params.top_p, seed=seed, **options)
 
     def _check_seed_supported(self) -> None:
-        scheduler = self._llm.llm_engine.vllm_config.scheduler_config
+        scheduler = self._engine().llm_engine.vllm_config.scheduler_config
         if not cuda_available() and scheduler.enable_chunked_prefill:
             raise ValueError(
                 "seeded sampling on CPU needs chunked prefill off (vLLM's CPU sampler crashes on seeded requests whose "

@@ -84,11 +84,12 @@ def _chosen(episode: Episode, t: int) -> int:
     (The rollout keeps the first best candidate, and identical texts have identical rewards.)
     """
     turn = episode.turns[t]
-    for index, candidate in enumerate(turn.candidates):
+    candidates = turn.candidates or []
+    for index, candidate in enumerate(candidates):
         if candidate.response == turn.response:
             return index
     raise OnlineError(
-        f"episode {episode.id!r}: turn {t + 1}'s action is none of its {len(turn.candidates)} candidates; "
+        f"episode {episode.id!r}: turn {t + 1}'s action is none of its {len(candidates)} candidates; "
         "online credit needs the action the episode continued with among the sampled candidates"
     )
 
@@ -125,7 +126,7 @@ def collate(rows: Sequence[ActionRow], pad_id: int, device: torch.device | str =
         attention[i, : p + a] = 1
         action[i, p : p + a] = True
         turn_ids[i, p : p + a] = i
-        if known:
+        if known and row.logprobs is not None:  # `known`: every row has them
             if len(row.logprobs) != a:
                 raise OnlineError(f"an action of {a} tokens has {len(row.logprobs)} sampler log-probs")
             old[i, p : p + a] = torch.tensor(row.logprobs, dtype=torch.float32)

@@ -242,7 +242,7 @@ def policy_loss(
     term is active, so their gradient is 0), pg_loss (the reduced clipped term alone) and kl_mean
     (the k3 estimate of KL(π‖π_ref)'s value, `k3_kl`; 0 without a reference).
     """
-    others = {"old_logprobs": old_logprobs, "advantages": advantages, "action_mask": action_mask}
+    others: dict[str, torch.Tensor | None] = {"old_logprobs": old_logprobs, "advantages": advantages, "action_mask": action_mask}
     others["ref_logprobs"] = ref_logprobs
     for name, tensor in others.items():
         if tensor is not None and tensor.shape != logprobs.shape:  # broadcasting would hide a layout bug

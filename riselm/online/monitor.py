@@ -9,6 +9,7 @@ update) with generated tokens per second.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,7 +68,7 @@ class Monitor:
                     self._writer.add_scalar(key.replace("@", "_at_").replace("->", "_to_"), value, step)
         if self._bar is not None:
             self._bar.update(1)
-            shown = {k: row[k] for k in ("acc@t1", "kl", "no_answer") if k in row}
+            shown: dict[str, Any] = {k: row[k] for k in ("acc@t1", "kl", "no_answer") if k in row}
             last = max((k for k in row if k.startswith("acc@t")), key=lambda k: int(k[5:]), default=None)
             if last:
                 shown[last] = row[last]
@@ -96,9 +97,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, t in enumerate(turns):  # a step holds few episodes: each step faint, a moving mean over 10 drawn
         values = [row.get(f"acc@t{t}") for row in rows]
-        ax.plot(steps, values, color=f"C{i}", linewidth=0.5, alpha=0.3)
-        ax.plot(steps, _moving_mean(values, 10), color=f"C{i}", linewidth=1.5, label=f"turn {t}")
-    ax.plot(steps, _moving_mean([row.get("no_answer") for row in rows], 10), "k:", label="no answer", linewidth=1)
+        ax.plot(steps, _gaps(values), color=f"C{i}", linewidth=0.5, alpha=0.3)
+        ax.plot(steps, _gaps(_moving_mean(values, 10)), color=f"C{i}", linewidth=1.5, label=f"turn {t}")
+    ax.plot(steps, _gaps(_moving_mean([row.get("no_answer") for row in rows], 10)), "k:", label="no answer", linewidth=1)
     ax.set_xlabel("step")
     ax.set_ylabel("% of the step's episodes")
     ax.set_title("online RL: accuracy of each turn during training")
@@ -117,3 +118,8 @@ def _moving_mean(values: Sequence[float | None], window: int) -> list[float | No
         recent = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
         out.append(sum(recent) / len(recent) if recent else None)
     return out
+
+
+def _gaps(values: Sequence[float | None]) -> list[float]:
+    """`values` to plot, a missing one as NaN: a gap in the line (as matplotlib draws None)."""
+    return [math.nan if v is None else v for v in values]

@@ -145,6 +145,7 @@ class PolicyUpdater:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         logprobs = token_logprobs(logits, batch.input_ids, self.temperature)
         if s.objective == "pg":
+            assert batch.old_logprobs is not None  # update() checked that every pg row has the sampler's log-probs
             advantages = per_token_advantages(batch.advantages, batch.turn_ids)
             loss, pg_stats = policy_loss(
                 logprobs, batch.old_logprobs, advantages, batch.action_mask,

@@ -11,12 +11,15 @@ Needs the `serve` extra: pip install 'riselm[serve]' (FastAPI, uvicorn, promethe
 from __future__ import annotations
 
 from riselm.serve.settings import ServeSettings
-from riselm.serve.task import GenericTask
 
 __all__ = ["GenericTask", "ServeSettings", "create_app", "render_episodes", "serve", "view_file"]
 
 
 def __getattr__(name: str):  # FastAPI and friends are imported only when a server is made
+    if name == "GenericTask":
+        from riselm.serve.task import GenericTask
+
+        return GenericTask
     if name == "create_app":
         from riselm.serve.app import create_app
 

@@ -20,8 +20,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -60,6 +61,7 @@ class PromptCounter:
         return len(ids)
 
     def text(self, text: str) -> int:
+        assert self.tokenizer is not None
         with self.lock:
             return len(self.tokenizer.encode(text, add_special_tokens=False))
 
@@ -91,8 +93,15 @@ def create_app(
         batched = not isinstance(generator, OpenAIGenerator)
     metrics = ServeMetrics()
     counter = PromptCounter(generator)
-    runner = Runner(generator, task, batched=batched, max_concurrency=settings.max_concurrency,
-                    batch_wait_ms=settings.batch_wait_ms, counter=counter, observe_batch=metrics.batch.observe)
+    runner = Runner(
+        generator,
+        task,
+        batched=batched,
+        max_concurrency=settings.max_concurrency,
+        batch_wait_ms=settings.batch_wait_ms,
+        counter=counter,
+        observe_batch=metrics.batch.observe,
+    )
     admitted = 0  # requests admitted and not yet answered
 
     @asynccontextmanager
@@ -123,8 +132,16 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "task": task.name, "turns": settings.turns, "batched": batched,
-                "in_flight": admitted, "running": runner.running, "queued": runner.waiting}
+        return {
+            "status": "ok",
+            "model": name,
+            "task": task.name,
+            "turns": settings.turns,
+            "batched": batched,
+            "in_flight": admitted,
+            "running": runner.running,
+            "queued": runner.waiting,
+        }
 
     @app.get("/v1/models")
     async def models():
@@ -152,8 +169,11 @@ def create_app(
             chat_request = parse_request(body)
             job = make_job(chat_request)
             if admitted >= settings.max_concurrency + settings.max_queue:
-                raise ApiError(429, f"the server is full ({settings.max_concurrency} requests running and "
-                                    f"{settings.max_queue} waiting); try again later", code="queue_full")
+                raise ApiError(
+                    429,
+                    f"the server is full ({settings.max_concurrency} requests running and {settings.max_queue} waiting); try again later",
+                    code="queue_full",
+                )
         except ApiError as error:
             metrics.answered(error.status, time.monotonic() - started)
             return error_response(error, {"Retry-After": "1"} if error.status == 429 else None)
@@ -190,12 +210,20 @@ def create_app(
         options = chat_request.riselm
         continuing = len(messages) > 1
         if continuing and options.turns not in (None, 1):
-            raise ApiError(400, "'riselm.turns': a conversation that already holds assistant turns is continued with "
-                                "one completion; send the question alone for several turns", param="riselm.turns")
+            raise ApiError(
+                400,
+                "'riselm.turns': a conversation that already holds assistant turns is continued with "
+                "one completion; send the question alone for several turns",
+                param="riselm.turns",
+            )
         turns = 1 if continuing else options.turns or settings.turns
         if turns > settings.max_turns:
-            raise ApiError(400, f"'riselm.turns': {turns} turns asked, this server allows at most {settings.max_turns}",
-                           param="riselm.turns", code="too_many_turns")
+            raise ApiError(
+                400,
+                f"'riselm.turns': {turns} turns asked, this server allows at most {settings.max_turns}",
+                param="riselm.turns",
+                code="too_many_turns",
+            )
         base = settings.sampling
         sampling = SamplingSettings(
             temperature=base.temperature if chat_request.temperature is None else chat_request.temperature,
@@ -203,8 +231,15 @@ def create_app(
             max_new_tokens=chat_request.new_tokens or base.max_new_tokens,
         )
         window = options.window if options.window is not None else settings.window
-        job = Job(messages=messages, system=system, turns=turns, window=window, sampling=sampling, seed=chat_request.seed,
-                  stable=settings.stop_when_stable if options.stop_when_stable is None else options.stop_when_stable)
+        job = Job(
+            messages=messages,
+            system=system,
+            turns=turns,
+            window=window,
+            sampling=sampling,
+            seed=chat_request.seed,
+            stable=settings.stop_when_stable if options.stop_when_stable is None else options.stop_when_stable,
+        )
         check_length(job)
         return job
 
@@ -218,18 +253,26 @@ def create_app(
         if tokens is None:  # no tokenizer here (openai, vllm): characters, never fewer than tokens
             tokens, unit = sum(len(m["content"]) for m in first), "characters"
         if settings.max_prompt_tokens is not None and tokens > settings.max_prompt_tokens:
-            raise ApiError(400, f"'messages': the prompt is {tokens} {unit} long, more than this server's "
-                                f"max_prompt_tokens={settings.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"'messages': the prompt is {tokens} {unit} long, more than this server's max_prompt_tokens={settings.max_prompt_tokens}",
+                param="messages",
+                code="context_length_exceeded",
+            )
         if counter.positions is None or unit != "tokens":
             return
         attempts = 0 if question is None else min(job.turns - 1, (job.window or job.turns) - 1)
-        retry = counter.text(task.retry_message(Problem("-", question, ""))) + 16 if attempts else 0
+        retry = counter.text(task.retry_message(Problem("-", question or "", ""))) + 16 if attempts else 0
         need = tokens + attempts * (job.sampling.max_new_tokens + retry) + job.sampling.max_new_tokens
         if need > counter.positions:
-            raise ApiError(400, f"'messages': the prompt has {tokens} tokens; with {job.turns} turns of up to "
-                                f"{job.sampling.max_new_tokens} new tokens the conversation may reach {need} tokens, more than "
-                                f"the model's {counter.positions} positions (ask for fewer turns or max_tokens, or a window)",
-                           param="messages", code="context_length_exceeded")
+            raise ApiError(
+                400,
+                f"'messages': the prompt has {tokens} tokens; with {job.turns} turns of up to "
+                f"{job.sampling.max_new_tokens} new tokens the conversation may reach {need} tokens, more than "
+                f"the model's {counter.positions} positions (ask for fewer turns or max_tokens, or a window)",
+                param="messages",
+                code="context_length_exceeded",
+            )
 
     async def outcome(job: Job, started: float) -> dict[str, Any]:
         future = runner.submit(job)
@@ -238,8 +281,9 @@ def create_app(
             return await asyncio.wait_for(asyncio.shield(future), max(left, 0.0))
         except asyncio.TimeoutError:
             job.given_up = True
-            raise ApiError(504, f"no answer within the server's request timeout ({settings.request_timeout:g} s)",
-                           code="request_timeout") from None
+            raise ApiError(
+                504, f"no answer within the server's request timeout ({settings.request_timeout:g} s)", code="request_timeout"
+            ) from None
         except asyncio.CancelledError:
             job.given_up = True  # the client went away
             raise
@@ -251,7 +295,11 @@ def create_app(
         rid, created = completion_id(), int(time.time())
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        job.on_turn = lambda turn: loop.call_soon_threadsafe(events.put_nowait, ("turn", turn))
+
+        def on_turn(turn: dict[str, Any]) -> None:  # in the worker thread
+            loop.call_soon_threadsafe(events.put_nowait, ("turn", turn))
+
+        job.on_turn = on_turn
         future = runner.submit(job)
         future.add_done_callback(lambda f: events.put_nowait(("done", None)))
         status = 499  # until answered: the client went away
@@ -261,8 +309,11 @@ def create_app(
                 left = settings.request_timeout - (time.monotonic() - started)
                 if left <= 0:
                     job.given_up, status = True, 504
-                    yield _event(ApiError(504, f"no answer within the server's request timeout ({settings.request_timeout:g} s)",
-                                          code="request_timeout").body())
+                    yield _event(
+                        ApiError(
+                            504, f"no answer within the server's request timeout ({settings.request_timeout:g} s)", code="request_timeout"
+                        ).body()
+                    )
                     return
                 try:
                     kind, turn = await asyncio.wait_for(events.get(), min(left, KEEPALIVE_S))

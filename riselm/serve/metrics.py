@@ -15,13 +15,19 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("riselm_requests", "Chat completion requests answered, by HTTP status.", ["status"], registry=r)
-        self.turns = Histogram("riselm_turns_per_request", "Turns generated per answered request.",
-                               buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20), registry=r)
-        self.latency = Histogram("riselm_request_latency_seconds", "Seconds from a request's arrival to its whole answer.",
-                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600), registry=r)
+        self.turns = Histogram(
+            "riselm_turns_per_request", "Turns generated per answered request.", buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20), registry=r
+        )
+        self.latency = Histogram(
+            "riselm_request_latency_seconds",
+            "Seconds from a request's arrival to its whole answer.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=r,
+        )
         self.tokens = Counter("riselm_tokens", "Tokens of answered requests, all turns (kind: prompt or completion).", ["kind"], registry=r)
-        self.batch = Histogram("riselm_batch_size", "Requests generated together in one rollout.",
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.batch = Histogram(
+            "riselm_batch_size", "Requests generated together in one rollout.", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
+        )
         self.in_flight = Gauge("riselm_requests_in_flight", "Requests admitted and not yet answered (queued or running).", registry=r)
         self.stopped_early = Counter("riselm_stopped_early", "Requests that stopped before their K turns (stop-when-stable).", registry=r)
 

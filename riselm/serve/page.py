@@ -25,7 +25,8 @@ button:disabled{opacity:.5;cursor:default}button.filter{background:#fff;color:#2
 .turn{border-left:4px solid #c9ced8;padding:6px 10px;margin:8px 0;background:#fafbfc}
 .turn.agrees{border-left-color:#1f9d55;background:#f0faf4}.turn.voted{box-shadow:0 0 0 2px #1f9d55 inset}
 .turn .head{font-size:12px;color:#556;display:flex;gap:12px;flex-wrap:wrap}
-.turn .text{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;margin-top:4px;max-height:320px;overflow:auto}
+.turn .text{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;margin-top:4px;
+  max-height:320px;overflow:auto}
 .answer{font-weight:700}.ok{color:#1f9d55}.bad{color:#c53030}.none{color:#999}
 .vote{margin-top:8px;padding:8px 10px;border-radius:6px;background:#eef3fd}
 .error{color:#c53030;white-space:pre-wrap}.tag{font-size:11px;border-radius:10px;padding:1px 8px;background:#e8ebf0;margin-left:6px}
@@ -34,7 +35,8 @@ button:disabled{opacity:.5;cursor:default}button.filter{background:#fff;color:#2
 # draw(container, episode): episode = {question, turns: [{turn, text, answer, agrees?, correct?, feedback?}],
 # vote?: {answer, turn, votes, of, groups}, gold?, tags?, title?}
 RENDER_JS = r"""
-function el(tag, cls, text){const e=document.createElement(tag);if(cls)e.className=cls;if(text!==undefined&&text!==null)e.textContent=String(text);return e;}
+function el(tag, cls, text){const e=document.createElement(tag);if(cls)e.className=cls;
+  if(text!==undefined&&text!==null)e.textContent=String(text);return e;}
 function drawTurn(t, voted){
   const d=el('div','turn'+(t.agrees?' agrees':'')+(voted?' voted':''));d.dataset.turn=t.turn;
   const h=el('div','head');h.appendChild(el('span',null,'turn '+t.turn));
@@ -53,7 +55,8 @@ function drawVote(v, gold){
   const d=el('div','vote');
   if(!v||v.answer===null||v.answer===undefined){d.appendChild(el('span','none','no turn gave an answer: no vote'));return d;}
   d.appendChild(el('span',null,'voted answer: '));d.appendChild(el('span','answer vote-answer',v.answer));
-  d.appendChild(el('span','meta',' — '+v.votes+' of '+v.of+' turns agree (turns '+(v.groups.find(g=>g.includes(v.turn))||[]).join(', ')+'); the answer shown is turn '+v.turn+"'s"));
+  const agreeing=(v.groups.find(g=>g.includes(v.turn))||[]).join(', ');
+  d.appendChild(el('span','meta',' — '+v.votes+' of '+v.of+' turns agree (turns '+agreeing+'); the answer shown is turn '+v.turn+"'s"));
   if(gold!==undefined&&gold!==null)d.appendChild(el('span','meta',' · gold: '+gold+(v.correct===true?' ✓':v.correct===false?' ✗':'')));
   return d;
 }
@@ -97,7 +100,8 @@ form.addEventListener('submit', async ev=>{
 REPORT_JS = r"""
 const list=document.getElementById('episodes');let current='all';
 function show(){list.textContent='';let n=0;
-  for(const e of EPISODES){if(current!=='all'&&!(e.tags||[]).includes(current))continue;const c=el('div','episode');drawEpisode(c,e);list.appendChild(c);n++;}
+  for(const e of EPISODES){if(current!=='all'&&!(e.tags||[]).includes(current))continue;
+    const c=el('div','episode');drawEpisode(c,e);list.appendChild(c);n++;}
   document.getElementById('shown').textContent=n+' of '+EPISODES.length+' episodes';
   document.querySelectorAll('button.filter').forEach(b=>b.classList.toggle('on',b.dataset.filter===current));}
 document.querySelectorAll('button.filter').forEach(b=>b.addEventListener('click',()=>{current=b.dataset.filter;show();}));
@@ -111,9 +115,11 @@ def _json_for_script(value) -> str:
 
 
 def _page(title: str, subtitle: str, body: str, script: str) -> str:
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
-            f"<span>{html.escape(subtitle)}</span></header><main>{body}</main><script>{RENDER_JS}{script}</script></body></html>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+        f"<span>{html.escape(subtitle)}</span></header><main>{body}</main><script>{RENDER_JS}{script}</script></body></html>"
+    )
 
 
 def live_page(model: str, turns: int, max_turns: int) -> str:

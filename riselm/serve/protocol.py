@@ -17,12 +17,32 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded",
-               500: "server_error", 502: "server_error", 503: "server_error", 504: "timeout"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    502: "server_error",
+    503: "server_error",
+    504: "timeout",
+}
 # fields that would change the answer and that riselm does not honour
-UNSUPPORTED = ("stop", "tools", "functions", "tool_choice", "function_call", "logprobs", "top_logprobs",
-               "response_format", "logit_bias", "prediction", "audio")
+UNSUPPORTED = (
+    "stop",
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "logit_bias",
+    "prediction",
+    "audio",
+)
 
 
 class ApiError(Exception):
@@ -64,8 +84,10 @@ class Message(BaseModel):
             return self.content
         parts = []
         for part in self.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            if part.get("type") != "text":
                 raise ValueError(f"only text parts are served, got a part of type {part.get('type')!r}")
+            if not isinstance(part.get("text"), str):
+                raise ValueError("a text part needs a string 'text'")
             parts.append(part["text"])
         return "".join(parts)
 
@@ -152,14 +174,19 @@ def completion_id() -> str:
 
 def completion_body(rid: str, model: str, text: str, finish_reason: str, usage: dict, riselm: dict) -> dict[str, Any]:
     return {
-        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason, "logprobs": None}],
-        "usage": usage, "riselm": riselm,
+        "usage": usage,
+        "riselm": riselm,
     }
 
 
-def chunk_body(rid: str, model: str, created: int, delta: dict | None = None, finish_reason: str | None = None,
-               **extra: Any) -> dict[str, Any]:
+def chunk_body(
+    rid: str, model: str, created: int, delta: dict | None = None, finish_reason: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """One `chat.completion.chunk`; `delta=None` gives a chunk without choices (turn events, usage)."""
     choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
     return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, **extra}

@@ -22,9 +22,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from riselm.evaluation.metrics import majority_vote, vote_groups
 from riselm.generation.base import Generator
@@ -72,19 +73,27 @@ class Job:
 class Runner:
     """The queue and its workers (module docstring). `counter(conversation)` counts a prompt's tokens, or None."""
 
-    def __init__(self, generator: Generator, task: Task, *, batched: bool, max_concurrency: int, batch_wait_ms: float,
-                 counter: Callable[[list[dict[str, str]]], int | None] | None = None, observe_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        generator: Generator,
+        task: Task,
+        *,
+        batched: bool,
+        max_concurrency: int,
+        batch_wait_ms: float,
+        counter: Callable[[list[dict[str, str]]], int | None] | None = None,
+        observe_batch: Callable[[int], None] | None = None,
+    ):
         self.generator, self.task = generator, task
         self.batched, self.max_concurrency, self.batch_wait_s = batched, max_concurrency, batch_wait_ms / 1000
         self.counter = counter or (lambda conversation: None)
         self.observe_batch = observe_batch or (lambda size: None)
         self.executor = ThreadPoolExecutor(max_workers=1 if batched else max_concurrency, thread_name_prefix="riselm-serve")
-        self.queue: asyncio.Queue[Job] | None = None
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.workers: list[asyncio.Task] = []
         self.running = 0  # requests in a batch being generated
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue()
         count = 1 if self.batched else self.max_concurrency
         self.workers = [asyncio.create_task(self._work()) for _ in range(count)]
 
@@ -102,7 +111,7 @@ class Runner:
 
     @property
     def waiting(self) -> int:
-        return self.queue.qsize() if self.queue is not None else 0
+        return self.queue.qsize()
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,14 +177,21 @@ class Runner:
                 job.on_turn({"turn": turn + 1, "text": text, "answer": answer})
 
         served = ServedTask(self.task, on_turn=on_turn, given_up=lambda key: by_key[key].given_up)
-        problems = [served_problem(job.question, job.key, job.problem_id, job.turns, job.stable) for job in jobs]
-        spec = RolloutSpec(mode="served", turns=max(job.turns for job in jobs), stop_when_correct=True, window=window,
-                           sampling=sampling, system=system, chunk_size=len(jobs))
+        problems = [served_problem(job.question or "", job.key, job.problem_id, job.turns, job.stable) for job in jobs]
+        spec = RolloutSpec(
+            mode="served",
+            turns=max(job.turns for job in jobs),
+            stop_when_correct=True,
+            window=window,
+            sampling=sampling,
+            system=system,
+            chunk_size=len(jobs),
+        )
         episodes = rollout(served, problems, [Step(self.generator)], spec, show_progress=False)
         out = {}
         for job, episode in zip(jobs, episodes, strict=True):
             turns = [(t.response, t.pred, t.num_tokens, t.truncated) for t in episode.turns]
-            prompts = [self.counter(episode.messages(upto=0, window=window))]
+            prompts = [self.counter(episode.messages(upto=k, window=window)) for k in range(len(episode.turns))]
             reason = "given_up" if job.given_up else "stable" if len(episode.turns) < job.turns else "turns"
             out[job.key] = self.outcome(turns, prompts, reason)
         return out
@@ -187,7 +203,8 @@ class Runner:
         out = {}
         for job, conversation, (completion, *_) in zip(jobs, conversations, completions, strict=True):
             answer = self.task.extract_answer(completion.text)
-            if job.on_turn is not None:
+            if job.on_turn is not None and job.shown == 0:
+                job.shown = 1
                 job.on_turn({"turn": 1, "text": completion.text, "answer": answer})
             turn = (completion.text, answer, completion.num_tokens, completion.finish_reason == "length")
             out[job.key] = self.outcome([turn], [self.counter(conversation)], "continuation")
@@ -202,8 +219,15 @@ class Runner:
         group_of = {i: g for g, members in enumerate(groups) for i in members}
         winning = group_of.get(winner) if winner is not None else None
         listed = [
-            {"turn": i + 1, "text": text, "answer": answer, "tokens": tokens, "truncated": truncated,
-             "group": group_of.get(i), "agrees": winning is not None and group_of.get(i) == winning}
+            {
+                "turn": i + 1,
+                "text": text,
+                "answer": answer,
+                "tokens": tokens,
+                "truncated": truncated,
+                "group": group_of.get(i),
+                "agrees": winning is not None and group_of.get(i) == winning,
+            }
             for i, (text, answer, tokens, truncated) in enumerate(turns)
         ]
         completion_tokens = sum(tokens for _, _, tokens, _ in turns)
@@ -214,9 +238,13 @@ class Runner:
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens},
             "riselm": {
                 "turns": listed,
-                "vote": {"answer": answers[winner] if winner is not None else None, "turn": chosen + 1,
-                         "votes": len(groups[winning]) if winning is not None else 0, "of": len(turns),
-                         "groups": [[i + 1 for i in members] for members in groups]},
+                "vote": {
+                    "answer": answers[winner] if winner is not None else None,
+                    "turn": chosen + 1,
+                    "votes": len(groups[winning]) if winning is not None else 0,
+                    "of": len(turns),
+                    "groups": [[i + 1 for i in members] for members in groups],
+                },
                 "stopped": stopped,
                 "task": self.task.name,
             },
@@ -224,16 +252,19 @@ class Runner:
 
 
 def _settle(job: Job, result: dict | None = None, error: BaseException | None = None) -> None:
+    future, loop = job.future, job.loop
+    assert future is not None and loop is not None, "a job is settled after it was submitted"
+
     def settle() -> None:
-        if not job.future.done():
+        if not future.done():
             if error is not None:
-                job.future.set_exception(error)
+                future.set_exception(error)
                 if job.given_up:  # nobody awaits it any more: do not warn that it was never retrieved
-                    job.future.exception()
+                    future.exception()
             else:
-                job.future.set_result(result)
+                future.set_result(result)
 
     try:
-        job.loop.call_soon_threadsafe(settle)
+        loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the event loop is closed: the server is gone, nobody waits
         pass

@@ -8,6 +8,7 @@ workers and closes the backend.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -16,8 +17,16 @@ from riselm.serve.settings import ServeSettings
 logger = logging.getLogger("riselm.serve")
 
 
-def build_backend(model: str, backend: str = "hf", *, base_url: str | None = None, batch_size: int = 16,
-                  settings: ServeSettings = ServeSettings(), options: dict[str, Any] | None = None, check: bool = True):
+def build_backend(
+    model: str,
+    backend: str = "hf",
+    *,
+    base_url: str | None = None,
+    batch_size: int = 16,
+    settings: ServeSettings = ServeSettings(),
+    options: dict[str, Any] | None = None,
+    check: bool = True,
+):
     """The generator a server answers with. On the openai backend the generator's own concurrency,
     time limits and retries are fitted to the server's (a request never waits past its timeout), and
     the server behind it is checked first (`check`): an unreachable one is an error now, not at the first request."""
@@ -31,6 +40,9 @@ def build_backend(model: str, backend: str = "hf", *, base_url: str | None = Non
         options.setdefault("max_retries", 2)
     generator = build_generator(model, backend=backend, base_url=base_url, batch_size=batch_size, **options)
     if backend == "openai" and check:
+        from riselm.generation.openai_compat import OpenAIGenerator
+
+        assert isinstance(generator, OpenAIGenerator)
         try:
             generator.check()
         except Exception:
@@ -43,14 +55,24 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, drain_s: float | 
     """Run `app` until SIGTERM or SIGINT, draining the requests in flight first (at most `drain_s` seconds; None: no limit)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain_s,
-                            lifespan="on", access_log=True)
+    drain = None if drain_s is None else max(1, math.ceil(drain_s))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain, lifespan="on", access_log=True)
     uvicorn.Server(config).run()
 
 
-def serve(model: str, settings: ServeSettings = ServeSettings(), *, backend: str = "hf", base_url: str | None = None,
-          host: str = "127.0.0.1", port: int = 8000, batch_size: int = 16, options: dict[str, Any] | None = None,
-          api_key_env: str | None = None, log_level: str = "info") -> None:
+def serve(
+    model: str,
+    settings: ServeSettings = ServeSettings(),
+    *,
+    backend: str = "hf",
+    base_url: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    batch_size: int = 16,
+    options: dict[str, Any] | None = None,
+    api_key_env: str | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve `model` (see `riselm serve --help`) until stopped; the backend is closed at the end.
 
     api_key_env: a variable holding the key clients must send (none: no key is asked for).
@@ -69,9 +91,17 @@ def serve(model: str, settings: ServeSettings = ServeSettings(), *, backend: str
     try:
         app = create_app(generator, settings, model_name=settings.served_model_name or model, api_key=api_key)
         task = app.state.task.name
-        logger.info("riselm serve: %s (%s backend) on http://%s:%d, task %s, K=%d, window %s, %s",
-                    settings.served_model_name or model, backend, host, port, task, settings.turns, settings.window or "all",
-                    f"stop when {settings.stop_when_stable} turns agree" if settings.stop_when_stable else "every turn")
+        logger.info(
+            "riselm serve: %s (%s backend) on http://%s:%d, task %s, K=%d, window %s, %s",
+            settings.served_model_name or model,
+            backend,
+            host,
+            port,
+            task,
+            settings.turns,
+            settings.window or "all",
+            f"stop when {settings.stop_when_stable} turns agree" if settings.stop_when_stable else "every turn",
+        )
         run_server(app, host, port, drain_s=settings.request_timeout + 5, log_level=log_level)
     finally:
         generator.close()

@@ -16,7 +16,7 @@ the vote only, never rewards.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from riselm.evaluation.metrics import vote_groups
 from riselm.tasks.base import Problem, Score, Task
@@ -65,13 +65,13 @@ class ServedTask(Task):
     given_up(key) tells whether a request no longer wants its answer.
     """
 
+    name = "served"  # the episodes' task name; the answers, retry and vote are the wrapped task's
     splits = ()
     row_fields = ()
 
     def __init__(self, task: Task, on_turn: TurnCallback | None = None, given_up: Callable[[str], bool] | None = None):
         super().__init__()
         self.task = task
-        self.name = task.name
         self.on_turn = on_turn
         self.given_up = given_up
         self.answers: dict[str, list[str | None]] = {}  # request key -> its answers so far
@@ -123,8 +123,3 @@ def stable(answers: Sequence[str | None], n: int, task: Task) -> bool:
         return False
     last = answers[-n:]
     return None not in last and len(vote_groups(last, task.same_answer, task.answer_key)) == 1
-
-
-def describe_task(task: Task) -> dict[str, Any]:
-    """What /health says about the task."""
-    return {"name": task.name, "retry": task.retry_template}

@@ -10,8 +10,9 @@ unsolved (no turn right).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from riselm.evaluation.metrics import majority_correct, majority_vote, vote_groups
 from riselm.files import write_text_atomic
@@ -41,18 +42,36 @@ def episode_view(episode: Episode, same, key) -> dict[str, Any]:
     winner = majority_vote(answers, same, key)
     winning = group_of.get(winner) if winner is not None else None
     turns = [
-        {"turn": i + 1, "text": t.response, "answer": t.pred, "correct": t.correct, "feedback": t.feedback,
-         "tokens": t.num_tokens, "truncated": t.truncated, "group": group_of.get(i),
-         "agrees": winning is not None and group_of.get(i) == winning}
+        {
+            "turn": i + 1,
+            "text": t.response,
+            "answer": t.pred,
+            "correct": t.correct,
+            "feedback": t.feedback,
+            "tokens": t.num_tokens,
+            "truncated": t.truncated,
+            "group": group_of.get(i),
+            "agrees": winning is not None and group_of.get(i) == winning,
+        }
         for i, t in enumerate(episode.turns)
     ]
-    vote = {"answer": answers[winner] if winner is not None else None, "turn": (winner + 1) if winner is not None else None,
-            "votes": len(groups[winning]) if winning is not None else 0, "of": len(answers),
-            "groups": [[i + 1 for i in members] for members in groups],
-            "correct": majority_correct(episode.turns, same, key) if episode.turns else None}
+    vote = {
+        "answer": answers[winner] if winner is not None else None,
+        "turn": (winner + 1) if winner is not None else None,
+        "votes": len(groups[winning]) if winning is not None else 0,
+        "of": len(answers),
+        "groups": [[i + 1 for i in members] for members in groups],
+        "correct": majority_correct(episode.turns, same, key) if episode.turns else None,
+    }
     title = f"{episode.id} · {episode.task} · {episode.mode}" + (f" · sample {episode.sample}" if episode.sample else "")
-    return {"title": title, "question": episode.prompt if episode.prompt is not None else "(the file holds no prompt)",
-            "turns": turns, "vote": vote, "gold": episode.answer, "tags": episode_tags(episode)}
+    return {
+        "title": title,
+        "question": episode.prompt if episode.prompt is not None else "(the file holds no prompt)",
+        "turns": turns,
+        "vote": vote,
+        "gold": episode.answer,
+        "tags": episode_tags(episode),
+    }
 
 
 def _equivalence(task_name: str):

@@ -138,7 +138,7 @@ class ExecutedCodeTask(Task):
         preds = [extract_code(r) for r in responses]
         scores = [Score(pred=None, reward=self.unparsable_reward) for _ in preds]
         todo = [i for i, pred in enumerate(preds) if pred is not None]
-        results = self.run([preds[i] for i in todo], [problems[i] for i in todo])
+        results = self.run([pred for pred in preds if pred is not None], [problems[i] for i in todo])
         for i, result in zip(todo, results):
             scores[i] = Score(pred=preds[i], reward=1.0 if result.passed else 0.0, feedback=_feedback(result))
         return scores

@@ -61,6 +61,7 @@ def boost_samples(
     samples: list[TrainingSample] = []
     short = 0
     for problem in with_solution:
+        assert problem.solution is not None  # with_solution holds the problems that have one
         rng = random.Random(f"{seed}:{problem.id}")  # per problem, so the data do not depend on the order
         attempts = _wrong_attempts(task, problem, with_history_turns, wrong_attempt, rng)
         short += len(attempts) < with_history_turns

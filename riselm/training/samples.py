@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Final, Iterable, Literal, Sequence
 
 from riselm.generation.base import Conversation
 from riselm.jsonl import DataError, iter_jsonl
@@ -24,7 +24,7 @@ from riselm.tasks.base import is_correct
 logger = logging.getLogger(__name__)
 
 FILTERS: tuple[str, ...] = ("all", "better", "best", "success")
-EPISODE_WINDOW = "episode"  # build each sample with the context window its episode was generated with
+EPISODE_WINDOW: Final = "episode"  # build each sample with the context window its episode was generated with
 
 
 @dataclass
@@ -88,7 +88,7 @@ def keep_turn(rewards: Sequence[float], t: int, filter: str) -> bool:
 def samples_from_episodes(
     episodes: Iterable[Episode],
     settings: SamplesSettings = SamplesSettings(),
-    window: int | None | str = EPISODE_WINDOW,
+    window: int | Literal["episode"] | None = EPISODE_WINDOW,
 ) -> list[TrainingSample]:
     """One weighted sample per turn of every episode (spec §3), filtered and optionally de-duplicated.
 
@@ -196,7 +196,7 @@ def _sample_row_problem(row: dict[str, Any]) -> str | None:
 
 
 def load_training_samples(
-    path: str | Path, settings: SamplesSettings = SamplesSettings(), window: int | None | str = EPISODE_WINDOW
+    path: str | Path, settings: SamplesSettings = SamplesSettings(), window: int | Literal["episode"] | None = EPISODE_WINDOW
 ) -> list[TrainingSample]:
     """Samples from an episodes file (weighted and filtered here) or a samples file (used as written).
 

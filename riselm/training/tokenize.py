@@ -166,17 +166,34 @@ def rows_of(items: Sequence[dict[str, Any]], share_prefixes: bool = False) -> li
     """
     if not share_prefixes:
         return [_row(item) for item in items]
-    by_episode: dict[str, list[dict[str, Any]]] = {}
-    for item in items:
-        by_episode.setdefault(item["episode"], []).append(item)
     rows = []
-    for members in by_episode.values():
-        left = sorted(members, key=lambda m: len(m["input_ids"]))
-        while left:
-            row, rest = _row(left[-1]), left[:-1]
-            left = [m for m in rest if not _add_span(row, m)]  # not a prefix of this row: a row of its own
-            rows.append(row)
+    for chain in prefix_chains(items):
+        row = _row(items[chain[0]])
+        for i in chain[1:]:
+            if not _add_span(row, items[i]):  # its trained span would overlap: a row of its own
+                rows.append(_row(items[i]))
+        rows.append(row)
     return rows
+
+
+def prefix_chains(items: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """The items grouped into chains that can share a row: within an episode, the samples whose token
+    ids are a prefix of the chain's longest (its first index). Every item is in exactly one chain."""
+    by_episode: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_episode.setdefault(item["episode"], []).append(i)
+    chains: list[list[int]] = []
+    for members in by_episode.values():
+        heads: list[list[int]] = []
+        for i in sorted(members, key=lambda i: -len(items[i]["input_ids"])):
+            ids = items[i]["input_ids"]
+            chain = next((c for c in heads if items[c[0]]["input_ids"][: len(ids)] == ids), None)
+            if chain is None:
+                heads.append([i])
+            else:
+                chain.append(i)
+        chains.extend(heads)
+    return chains
 
 
 def _row(item: dict[str, Any]) -> dict[str, Any]:
@@ -204,21 +221,21 @@ def _add_span(row: dict[str, Any], item: dict[str, Any]) -> bool:
 
 
 class EpisodeOrder:
-    """The order samples are trained in: a seeded shuffle of episodes, each episode's samples together.
+    """The order samples are trained in: a seeded shuffle of prefix chains, each chain's samples together.
 
     A torch sampler over `tokenize_samples` items, reshuffled every epoch (the Trainer calls
     `set_epoch`). Micro-batches are cut from this order by sample count, so `train.batch_size`
     counts samples whatever the rows look like, and a run with `share_prefixes` trains the same
-    samples in the same steps as one without: keeping an episode's samples adjacent is what lets
-    them share a row. The order depends only on the seed and the epoch, so several processes cut
-    the same global batches from it (each takes its share of consecutive micro-batches).
+    samples in the same steps as one without. Only samples that can share a row (`prefix_chains`:
+    the turns of one rollout) are kept adjacent; every other sample is shuffled on its own, as a
+    plain random sampler would. (Keeping a whole episode together puts e.g. both boost conversations
+    of a problem, with the same gold solution, in one batch: measured on the demo's boost, first-turn
+    accuracy 1.5% against 12.5% with samples shuffled apart.) The order depends only on the seed
+    and the epoch, so several processes cut the same global batches from it.
     """
 
     def __init__(self, items: Sequence[dict[str, Any]], seed: int = 0):
-        groups: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            groups.setdefault(item["episode"], []).append(i)
-        self.groups = [sorted(g, key=lambda i: len(items[i]["input_ids"])) for g in groups.values()]
+        self.groups = [sorted(chain, key=lambda i: len(items[i]["input_ids"])) for chain in prefix_chains(items)]
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -263,18 +280,18 @@ class WeightedCollator:
         for r in rows:
             offsets.append(offsets[-1] + len(r["weights"]))
         if self.pack:
-            input_ids, labels, positions, index = [], [], [], []
+            packed_ids, packed_labels, positions, owners = [], [], [], []
             for i, r in enumerate(rows):
                 n = len(r["input_ids"])
-                input_ids += r["input_ids"]
-                labels += [IGNORE_INDEX] + list(r["labels"][1:])
+                packed_ids += r["input_ids"]
+                packed_labels += [IGNORE_INDEX] + list(r["labels"][1:])
                 positions += list(range(n))
-                index += [offsets[i] + o for o in r["owners"]]
+                owners += [offsets[i] + o for o in r["owners"]]
             return {
-                "input_ids": torch.tensor([input_ids]),
-                "labels": torch.tensor([labels]),
+                "input_ids": torch.tensor([packed_ids]),
+                "labels": torch.tensor([packed_labels]),
                 "position_ids": torch.tensor([positions]),
-                "sample_index": torch.tensor([index]),
+                "sample_index": torch.tensor([owners]),
                 "sample_weights": weights,
             }
         width = max(len(r["input_ids"]) for r in rows)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from riselm.files import write_json
 from riselm.hardware import resolve_precision
 from riselm.rundir import FINAL, FINAL_PARTIAL, TRAIN_CONFIG
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
-from riselm.settings import SamplesSettings, TrainSettings
+from riselm.settings import LoraSettings, SamplesSettings, TrainSettings
 from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
 from riselm.training.tokenize import IGNORE_INDEX, EpisodeOrder, WeightedCollator, tokenize_samples
 
@@ -52,7 +52,8 @@ class WeightedTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         """Samples in a seeded order of episodes (`EpisodeOrder`): batches count samples, shared rows or not."""
-        return EpisodeOrder(train_dataset if train_dataset is not None else self.train_dataset, self.args.seed)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return EpisodeOrder(cast("Sequence[dict[str, Any]]", dataset), self.args.seed)  # the tokenize_samples items
 
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -194,7 +195,7 @@ def train_weighted(
     if isinstance(model_or_path, (str, Path)):
         model = load_causal_lm(model_or_path, dtype=torch.float32, attn_implementation=config.attn_implementation)
     if config.lora:
-        model = _with_lora(model, config)
+        model = _with_lora(model, config.lora)
 
     items = tokenize_samples(tokenizer, samples, config.max_length)
     if not items:
@@ -259,7 +260,7 @@ def train_from_file(
     output_dir: str | Path,
     settings: TrainSettings = TrainSettings(),
     samples: SamplesSettings = SamplesSettings(),
-    window: int | None | str = EPISODE_WINDOW,
+    window: int | Literal["episode"] | None = EPISODE_WINDOW,
 ) -> Path:
     """Train on an episodes file (weighted and filtered by `samples`) or a samples file; `riselm train`.
 
@@ -272,14 +273,14 @@ def train_from_file(
     return train_weighted(model, loaded, output_dir, settings)
 
 
-def _with_lora(model, config: TrainSettings):
+def _with_lora(model, settings: LoraSettings):
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

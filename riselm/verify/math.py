@@ -327,6 +327,8 @@ class _Worker:
             encoding="utf-8",
             env=env,
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes (PIPE above)
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
         if self._read_line(self.START_TIMEOUT) != "ready\n":
             self.kill()
             raise RuntimeError("the math-verify worker process did not start")
@@ -334,23 +336,23 @@ class _Worker:
     def check(self, gold: str, pred: str, timeout: float) -> bool | None:
         """The worker's verdict, or None when it timed out or died (the worker is then unusable)."""
         try:
-            self.proc.stdin.write(json.dumps([gold, pred]) + "\n")
-            self.proc.stdin.flush()
+            self._stdin.write(json.dumps([gold, pred]) + "\n")
+            self._stdin.flush()
         except (OSError, ValueError):
             return None
         line = self._read_line(timeout)
         return None if line is None else json.loads(line) is True
 
     def _read_line(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        ready, _, _ = select.select([self._stdout], [], [], timeout)
         if not ready:
             return None
-        return self.proc.stdout.readline() or None  # "" means the worker exited
+        return self._stdout.readline() or None  # "" means the worker exited
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
+        for pipe in (self._stdin, self._stdout):
             try:
                 pipe.close()
             except OSError:

@@ -10,9 +10,18 @@ from contextlib import contextmanager
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'riselm[serve]'")
-pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install 'riselm[serve]'")
-pytest.importorskip("prometheus_client", reason="the serve extra is not installed: pip install 'riselm[serve]'")
+
+def create_app(*args, **kwargs):
+    """riselm.serve.create_app, imported when called (so that a module without the serve extra skips, not errors)."""
+    from riselm.serve.app import create_app as make
+
+    return make(*args, **kwargs)
+
+
+def needs_serve_extra() -> None:
+    """Skip the calling test module (or test) when the serve extra is not installed."""
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        pytest.importorskip(module, reason="the serve extra is not installed: pip install 'riselm[serve]'")
 
 
 def free_socket() -> socket.socket:
@@ -48,7 +57,9 @@ def running(app, log_level: str = "warning"):
 def client(url: str, **options):
     from openai import OpenAI
 
-    return OpenAI(base_url=f"{url}/v1", api_key=options.pop("api_key", "none"), max_retries=0, timeout=options.pop("timeout", 30), **options)
+    return OpenAI(
+        base_url=f"{url}/v1", api_key=options.pop("api_key", "none"), max_retries=0, timeout=options.pop("timeout", 30), **options
+    )
 
 
 def attempt(conversation) -> int:

@@ -8,12 +8,15 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 
 from riselm.generation.fake import ScriptedGenerator
-from riselm.serve import ServeSettings, create_app
+from riselm.serve import ServeSettings
 from riselm.settings import SamplingSettings
-from tests.serve.conftest import attempt, by_turn, client, running
+from tests.serve.conftest import attempt, by_turn, client, create_app, needs_serve_extra, running
+
+needs_serve_extra()
 
 ASK = [{"role": "user", "content": "What is 2+2? Put the answer in \\boxed{}."}]
 
@@ -39,11 +42,14 @@ def test_k1_returns_the_single_turn_and_its_answer():
     assert gen.calls[0].conversations == [ASK]  # the generic task sends the user's message as it is
 
 
-@pytest.mark.parametrize("answers, voted_turn, voted", [
-    ({1: 4, 2: 5, 3: 4}, 3, "4"),   # the majority, shown as its most recent turn
-    ({1: 7, 2: 7, 3: 9}, 2, "7"),   # not simply the last turn
-    ({1: 1, 2: 5, 3: 5}, 3, "5"),   # not simply the first turn
-])
+@pytest.mark.parametrize(
+    "answers, voted_turn, voted",
+    [
+        ({1: 4, 2: 5, 3: 4}, 3, "4"),  # the majority, shown as its most recent turn
+        ({1: 7, 2: 7, 3: 9}, 2, "7"),  # not simply the last turn
+        ({1: 1, 2: 5, 3: 5}, 3, "5"),  # not simply the first turn
+    ],
+)
 def test_k3_returns_the_majority_of_the_turns_answers(answers, voted_turn, voted):
     gen, app = serve(by_turn(answers), turns=3)
     with running(app) as url:
@@ -76,7 +82,10 @@ def test_requests_set_their_turns_window_sampling_and_system_message():
     gen, app = serve(by_turn({1: 1, 2: 2, 3: 3, 4: 4}), turns=2, max_turns=4, sampling=SamplingSettings(temperature=0.5))
     with running(app) as url:
         response = client(url).chat.completions.create(
-            model="m", messages=[{"role": "system", "content": "Be brief."}, *ASK], max_tokens=7, top_p=0.9,
+            model="m",
+            messages=[{"role": "system", "content": "Be brief."}, *ASK],
+            max_tokens=7,
+            top_p=0.9,
             extra_body={"riselm": {"turns": 4, "window": 2}},
         )
     turns = extra(response)["turns"]
@@ -91,10 +100,10 @@ def test_requests_set_their_turns_window_sampling_and_system_message():
 def test_stop_when_stable_ends_a_request_once_its_answers_agree():
     gen, app = serve(by_turn({1: 4, 2: 6, 3: 6, 4: 6, 5: 6}), turns=5, stop_when_stable=2)
     with running(app) as url:
-        openai = client(url)
-        stable = extra(openai.chat.completions.create(model="m", messages=ASK))
-        every = extra(openai.chat.completions.create(model="m", messages=ASK, extra_body={"riselm": {"stop_when_stable": 0}}))
-        three = extra(openai.chat.completions.create(model="m", messages=ASK, extra_body={"riselm": {"stop_when_stable": 3}}))
+        openai_client = client(url)
+        stable = extra(openai_client.chat.completions.create(model="m", messages=ASK))
+        every = extra(openai_client.chat.completions.create(model="m", messages=ASK, extra_body={"riselm": {"stop_when_stable": 0}}))
+        three = extra(openai_client.chat.completions.create(model="m", messages=ASK, extra_body={"riselm": {"stop_when_stable": 3}}))
     assert [t["answer"] for t in stable["turns"]] == ["4", "6", "6"] and stable["stopped"] == "stable"
     assert len(every["turns"]) == 5 and every["stopped"] == "turns"
     assert len(three["turns"]) == 4 and three["vote"]["answer"] == "6"
@@ -149,11 +158,16 @@ def test_concurrent_requests_are_batched_into_one_rollout():
     gen = ScriptedGenerator(slow)
     app = create_app(gen, ServeSettings(turns=3, max_concurrency=8, batch_wait_ms=50), model_name="m")
     with running(app) as url:
-        openai = client(url)
+        openai_client = client(url)
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(
-                lambda i: openai.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q{i}"}],
-                                                         extra_body={"riselm": {"turns": 1 + i % 3}}), range(8)))
+            answers = list(
+                pool.map(
+                    lambda i: openai_client.chat.completions.create(
+                        model="m", messages=[{"role": "user", "content": f"q{i}"}], extra_body={"riselm": {"turns": 1 + i % 3}}
+                    ),
+                    range(8),
+                )
+            )
         metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
     assert [extra(a)["vote"]["answer"] for a in answers] == [f"q{i}" for i in range(8)]
     assert [len(extra(a)["turns"]) for a in answers] == [1 + i % 3 for i in range(8)]  # each its own K in a shared batch
@@ -174,12 +188,12 @@ def test_a_conversation_with_assistant_turns_is_continued_with_one_completion():
 def test_models_health_and_metrics():
     gen, app = serve(by_turn({1: 4, 2: 5, 3: 4}), turns=3)
     with running(app) as url:
-        openai = client(url)
-        assert [m.id for m in openai.models.list().data] == ["m"]
+        openai_client = client(url)
+        assert [m.id for m in openai_client.models.list().data] == ["m"]
         health = json.load(urllib.request.urlopen(f"{url}/health"))
-        openai.chat.completions.create(model="m", messages=ASK)
-        with pytest.raises(Exception):
-            openai.chat.completions.create(model="other", messages=ASK)
+        openai_client.chat.completions.create(model="m", messages=ASK)
+        with pytest.raises(openai.NotFoundError):
+            openai_client.chat.completions.create(model="other", messages=ASK)
         metrics = urllib.request.urlopen(f"{url}/metrics").read().decode()
     assert health["status"] == "ok" and health["turns"] == 3 and health["in_flight"] == 0
     assert 'riselm_requests_total{status="200"} 1.0' in metrics and 'riselm_requests_total{status="404"} 1.0' in metrics

@@ -14,15 +14,19 @@ import openai
 import pytest
 
 from riselm.generation.fake import ScriptedGenerator
-from riselm.serve import ServeSettings, create_app
-from tests.serve.conftest import attempt, client, question, running
+from riselm.serve import ServeSettings
+from tests.serve.conftest import attempt, client, create_app, needs_serve_extra, question, running
+
+needs_serve_extra()
 
 ASK = [{"role": "user", "content": "What is 2+2?"}]
 
 
 def post(url: str, body, headers: dict | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/v1/chat/completions", data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
@@ -47,8 +51,11 @@ MALFORMED = [
     ({**M, "messages": "hi"}, "messages", "'messages'"),
     ({**M, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'messages[0].role'"),
     ({**M, "messages": [{"role": "user"}]}, "messages[0].content", "'messages[0].content'"),
-    ({**M, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content", "only text parts"),
+    (
+        {**M, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+        "messages[0].content",
+        "only text parts",
+    ),
     ({**M, "messages": [*ASK, {"role": "assistant", "content": "4"}]}, "messages", "last message must be the user's"),
     ({**M, "messages": [*ASK, {"role": "system", "content": "late"}]}, "messages[1].role", "before the conversation"),
     ({**M, "messages": ASK, "temperature": 3}, "temperature", "'temperature'"),
@@ -63,8 +70,11 @@ MALFORMED = [
     ({**M, "messages": ASK, "riselm": {"bogus": 1}}, "riselm.bogus", "'riselm.bogus'"),
     ({**M, "messages": ASK, "riselm": {"stop_when_stable": 1}}, "riselm.stop_when_stable", "at least 2"),
     ({**M, "messages": ASK, "riselm": {"window": -1}}, "riselm.window", "'riselm.window'"),
-    ({**M, "messages": [*ASK, {"role": "assistant", "content": "5"}, {"role": "user", "content": "again"}], "riselm": {"turns": 3}},
-     "riselm.turns", "continued with one completion"),
+    (
+        {**M, "messages": [*ASK, {"role": "assistant", "content": "5"}, {"role": "user", "content": "again"}], "riselm": {"turns": 3}},
+        "riselm.turns",
+        "continued with one completion",
+    ),
 ]
 
 
@@ -81,10 +91,16 @@ def test_the_openai_client_sees_unknown_models_too_many_turns_and_long_prompts(u
     openai_client = client(url)
     with pytest.raises(openai.NotFoundError) as error:
         openai_client.chat.completions.create(model="gpt-4o", messages=ASK)
-    assert error.value.body["param"] == "model" and error.value.body["code"] == "model_not_found" and "gpt-4o" in error.value.body["message"]
+    assert (
+        error.value.body["param"] == "model" and error.value.body["code"] == "model_not_found" and "gpt-4o" in error.value.body["message"]
+    )
     with pytest.raises(openai.BadRequestError) as error:
         openai_client.chat.completions.create(model="m", messages=ASK, extra_body={"riselm": {"turns": 5}})
-    assert error.value.body["param"] == "riselm.turns" and error.value.body["code"] == "too_many_turns" and "at most 4" in error.value.body["message"]
+    assert (
+        error.value.body["param"] == "riselm.turns"
+        and error.value.body["code"] == "too_many_turns"
+        and "at most 4" in error.value.body["message"]
+    )
     with pytest.raises(openai.BadRequestError) as error:  # 201 characters (no tokenizer here: characters count)
         openai_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 201}])
     assert error.value.body["param"] == "messages" and error.value.body["code"] == "context_length_exceeded"
@@ -100,31 +116,41 @@ def test_unknown_routes_and_methods_answer_in_openais_shape(url):
         assert error.value.code in (404, 405) and path in json.load(error.value)["error"]["message"]
 
 
-def test_a_request_past_the_timeout_gets_504_frees_its_slot_and_leaves_its_batch():
-    gate = threading.Event()
+def test_requests_past_the_timeout_get_504_free_their_slots_and_leave_the_batch_or_the_queue():
+    gate, generating = threading.Event(), threading.Event()
 
     def script(conversation, sample):
         if "slow" in question(conversation):
+            generating.set()
             gate.wait(10)
         return f"attempt {attempt(conversation)}: \\boxed{{1}}"
 
     gen = ScriptedGenerator(script)
-    app = create_app(gen, ServeSettings(turns=3, max_concurrency=1, max_queue=0, request_timeout=1.0), model_name="m")
+    app = create_app(gen, ServeSettings(turns=3, max_concurrency=1, max_queue=1, request_timeout=1.0), model_name="m")
     with running(app) as url:
         openai_client = client(url)
-        started = time.monotonic()
-        with pytest.raises(openai.APIStatusError) as error:
-            openai_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "slow"}])
-        assert error.value.status_code == 504 and error.value.body["code"] == "request_timeout"
-        assert 0.9 < time.monotonic() - started < 5
-        with ThreadPoolExecutor(1) as pool:  # the slot is free again: the next request is admitted, not refused with 429
+
+        def expect_504(text: str) -> float:
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as error:
+                openai_client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+            assert error.value.status_code == 504 and error.value.body["code"] == "request_timeout"
+            return time.monotonic() - started
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(expect_504, "slow")  # generating when it times out
+            assert generating.wait(10)
+            queued = pool.submit(expect_504, "queued")  # waiting behind it when it times out
+            assert 0.9 < slow.result() < 5 and 0.9 < queued.result() < 5
+        with ThreadPoolExecutor(1) as pool:  # both slots are free again: the next request is admitted, not refused with 429
             fast = pool.submit(openai_client.chat.completions.create, model="m", messages=[{"role": "user", "content": "fast"}])
             time.sleep(0.2)
             gate.set()
             assert fast.result().choices[0].message.content == "attempt 3: \\boxed{1}"
         health = json.load(urllib.request.urlopen(f"{url}/health"))
-    # the timed-out request left its rollout at the first turn boundary instead of running its 3 turns
-    assert sum("slow" in question(c) for call in gen.calls for c in call.conversations) == 1
+    generated = [question(c) for call in gen.calls for c in call.conversations]
+    # the one generating left its rollout at the first turn boundary instead of running its 3 turns; the queued one never ran
+    assert generated.count("slow") == 1 and "queued" not in generated and generated.count("fast") == 3
     assert health["in_flight"] == 0
 
 

@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from riselm.serve import ServeSettings, create_app
+from riselm.serve import ServeSettings
 from riselm.settings import SamplingSettings
-from tests.serve.conftest import client, free_socket, running
+from tests.serve.conftest import client, create_app, free_socket, needs_serve_extra, running
+
+needs_serve_extra()
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,9 @@ def test_usage_counts_every_turns_prompt_and_completion_tokens(hf_server):
     url, generator = hf_server
     response = ask(client(url), "1+1=?", seed=1)
     turns = response.model_extra["riselm"]["turns"]
-    first = generator.tokenizer.apply_chat_template([{"role": "user", "content": "1+1=?"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    first = generator.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "1+1=?"}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     assert response.usage.completion_tokens == sum(t["tokens"] for t in turns) > 0
     assert response.usage.prompt_tokens > 2 * len(first)  # the second turn's prompt holds the first turn and the retry
 
@@ -92,9 +96,29 @@ def test_riselm_serve_checks_its_key_logs_no_key_and_drains_on_sigterm(tiny_mode
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "RISELM_TEST_KEY": secret, "OPENAI_API_KEY": secret, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "riselm.cli", "serve", str(tiny_model_dir), "--port", str(port), "--api-key-env", "RISELM_TEST_KEY",
-         "--served-model-name", "tiny", "-k", "2", "--window", "1", "--max-new-tokens", "16"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "riselm.cli",
+            "serve",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--api-key-env",
+            "RISELM_TEST_KEY",
+            "--served-model-name",
+            "tiny",
+            "-k",
+            "2",
+            "--window",
+            "1",
+            "--max-new-tokens",
+            "16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         wait_for(url, process)
@@ -102,7 +126,9 @@ def test_riselm_serve_checks_its_key_logs_no_key_and_drains_on_sigterm(tiny_mode
             ask(client(url), "1+1=?")
         openai_client = client(url, api_key=secret)
         assert ask(openai_client, "1+1=?").choices
-        slow = threading.Thread(target=lambda: results.append(ask(openai_client, "2+2=?", max_tokens=100, extra_body={"riselm": {"turns": 3}})))
+        slow = threading.Thread(
+            target=lambda: results.append(ask(openai_client, "2+2=?", max_tokens=150, extra_body={"riselm": {"turns": 3}}))
+        )
         results: list = []
         slow.start()
         deadline = time.monotonic() + 30
@@ -119,5 +145,7 @@ def test_riselm_serve_checks_its_key_logs_no_key_and_drains_on_sigterm(tiny_mode
             process.kill()
     assert len(results) == 1 and len(results[0].model_extra["riselm"]["turns"]) == 3  # ... but the one in flight is answered
     log = process.stdout.read()
-    assert "Finished server process" in log and "POST /v1/chat/completions HTTP/1.1\" 401" in log and "riselm serve: tiny (hf backend)" in log
+    assert (
+        "Finished server process" in log and 'POST /v1/chat/completions HTTP/1.1" 401' in log and "riselm serve: tiny (hf backend)" in log
+    )
     assert secret not in log

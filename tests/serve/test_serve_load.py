@@ -8,8 +8,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from riselm.generation.fake import ScriptedGenerator
-from riselm.serve import ServeSettings, create_app
-from tests.serve.conftest import boxed_sum, client, running
+from riselm.serve import ServeSettings
+from tests.serve.conftest import boxed_sum, client, create_app, needs_serve_extra, running
+
+needs_serve_extra()
 
 REQUESTS, CONCURRENCY = 200, 16
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from riselm.cli import app as cli
 from riselm.generation.fake import ScriptedGenerator
-from riselm.serve import ServeSettings, create_app
-from riselm.serve.view import render_episodes
 from riselm.rollout.episode import read_episodes
-from tests.serve.conftest import by_turn, running
+from riselm.serve import ServeSettings
+from riselm.serve.view import render_episodes
+from tests.serve.conftest import by_turn, create_app, needs_serve_extra, running
 
 
 def turn(answer, reward, text=None):
@@ -23,12 +23,30 @@ def turn(answer, reward, text=None):
 
 
 EPISODES = [  # gsm8k compares numbers by value: "4.0" votes with "4"
-    {"id": "fixed", "task": "gsm8k", "mode": "sequential", "prompt": "What is 2+2?", "answer": "4",
-     "turns": [turn(5, 0), turn(4, 1), turn("4.0", 1)]},
-    {"id": "broken", "task": "gsm8k", "mode": "sequential", "prompt": "What is 3+3?", "answer": "6",
-     "turns": [turn(6, 1), turn(7, 0), turn(7, 0)]},
-    {"id": "stuck", "task": "other-tool", "mode": "sequential", "prompt": "<script>alert(1)</script>", "answer": "1",
-     "turns": [turn(None, 0, "no idea </script><b>bold</b>"), turn(2, 0)]},
+    {
+        "id": "fixed",
+        "task": "gsm8k",
+        "mode": "sequential",
+        "prompt": "What is 2+2?",
+        "answer": "4",
+        "turns": [turn(5, 0), turn(4, 1), turn("4.0", 1)],
+    },
+    {
+        "id": "broken",
+        "task": "gsm8k",
+        "mode": "sequential",
+        "prompt": "What is 3+3?",
+        "answer": "6",
+        "turns": [turn(6, 1), turn(6, 1), turn(7, 0)],
+    },
+    {
+        "id": "stuck",
+        "task": "other-tool",
+        "mode": "sequential",
+        "prompt": "<script>alert(1)</script>",
+        "answer": "1",
+        "turns": [turn(None, 0, "no idea </script><b>bold</b>"), turn(2, 0)],
+    },
 ]
 
 
@@ -54,7 +72,8 @@ def test_riselm_view_writes_one_self_contained_page_with_the_vote_and_filters(ep
     fixed, broken, stuck = embedded(page)
     assert fixed["vote"] == {"answer": "4.0", "turn": 3, "votes": 2, "of": 3, "groups": [[1], [2, 3]], "correct": True}
     assert [t["agrees"] for t in fixed["turns"]] == [False, True, True] and fixed["tags"] == ["wrong→right"]
-    assert broken["vote"]["answer"] == "7" and broken["vote"]["correct"] is False and broken["tags"] == ["right→wrong"]
+    assert broken["vote"]["answer"] == "6" and broken["vote"]["correct"] is True and broken["tags"] == ["right→wrong"]
+    assert stuck["vote"]["answer"] == "2" and stuck["vote"]["correct"] is False
     assert stuck["tags"] == ["unsolved"] and stuck["turns"][0]["answer"] is None and stuck["question"] == "<script>alert(1)</script>"
 
 
@@ -66,13 +85,14 @@ def test_riselm_view_of_a_bad_file_is_one_clean_error(tmp_path):
 
 
 def test_the_live_page_is_self_contained():
+    needs_serve_extra()
     app = create_app(ScriptedGenerator(["\\boxed{1}"]), ServeSettings(turns=4), model_name="m</script>")
     with running(app) as url:
         import urllib.request
 
         page = urllib.request.urlopen(url).read().decode()
     assert "http" not in page and not re.search(r"<(script|link|img)[^>]+(src|href)=", page)
-    assert "const MODEL=\"m\\u003c/script\\u003e\"" in page and "value=4" in page
+    assert 'const MODEL="m\\u003c/script\\u003e"' in page and "value=4" in page
 
 
 # ---- in a real browser ----------------------------------------------------------------------------
@@ -101,6 +121,7 @@ def browser():
 
 
 def test_the_page_shows_each_turn_which_agreed_and_the_vote(browser, tmp_path):
+    needs_serve_extra()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -132,8 +153,14 @@ def test_the_report_filters_episodes_in_the_browser(browser, episodes_file, tmp_
     shown = {}
     for name in ("wrong→right", "right→wrong", "unsolved", "all"):
         browser.find_element(By.CSS_SELECTOR, f"button.filter[data-filter='{name}']").click()
-        shown[name] = [e.find_element(By.CSS_SELECTOR, ".question").text for e in browser.find_elements(By.CSS_SELECTOR, "#episodes .episode")]
-    assert shown == {"wrong→right": ["What is 2+2?"], "right→wrong": ["What is 3+3?"], "unsolved": ["<script>alert(1)</script>"],
-                     "all": ["What is 2+2?", "What is 3+3?", "<script>alert(1)</script>"]}
+        shown[name] = [
+            e.find_element(By.CSS_SELECTOR, ".question").text for e in browser.find_elements(By.CSS_SELECTOR, "#episodes .episode")
+        ]
+    assert shown == {
+        "wrong→right": ["What is 2+2?"],
+        "right→wrong": ["What is 3+3?"],
+        "unsolved": ["<script>alert(1)</script>"],
+        "all": ["What is 2+2?", "What is 3+3?", "<script>alert(1)</script>"],
+    }
     assert browser.find_element(By.ID, "shown").text == "3 of 3 episodes"
     browser.save_screenshot(str(tmp_path / "report.png"))

@@ -9,9 +9,11 @@ from typer.testing import CliRunner
 from riselm.cli import app as cli
 from riselm.generation.errors import BackendUnavailable
 from riselm.generation.fake import ScriptedGenerator
-from riselm.serve import ServeSettings, create_app
+from riselm.serve import ServeSettings
 from riselm.serve.server import build_backend
-from tests.serve.conftest import by_turn, client, free_socket, running
+from tests.serve.conftest import by_turn, client, create_app, free_socket, needs_serve_extra, running
+
+needs_serve_extra()
 
 ASK = [{"role": "user", "content": "What is 2+2?"}]
 

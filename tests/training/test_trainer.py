@@ -319,3 +319,17 @@ def test_config_checks_and_run_config_sections():
         assert (cfg.learning_rate, cfg.grad_accum, cfg.lora.r, cfg.lora.merge, cfg.packing) == (2e-5, 2, 4, True, True)
     with pytest.raises(ValueError, match="rank"):
         TrainSettings.model_validate({"lora": {"rank": 4}})
+
+
+def test_samples_that_cannot_share_a_row_are_shuffled_apart(char_tokenizer):
+    """Two boost conversations of one problem (not prefixes of each other, same gold answer) are not kept
+    together: batches of such pairs trained the demo's boost to 1.5% instead of 12.5%."""
+    samples = []
+    for p in range(20):
+        alone = [{"role": "user", "content": f"{p}+1?"}, {"role": "assistant", "content": f"\\boxed{{{p + 1}}}"}]
+        after = [alone[0], {"role": "assistant", "content": "\\boxed{0}"}, {"role": "user", "content": "Again."}, alone[1]]
+        samples += [TrainingSample(alone, 1.0, 1.0, f"p{p}", 0), TrainingSample(after, 1.0, 1.0, f"p{p}", 1)]
+    items = tokenize_samples(char_tokenizer, samples, max_length=512)
+    order = [items[i]["episode"] for i in EpisodeOrder(items, seed=0)]
+    adjacent = sum(a == b for a, b in zip(order, order[1:]))
+    assert adjacent < 6  # shuffled like independent samples (about one adjacent pair expected), not 20

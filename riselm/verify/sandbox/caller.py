@@ -70,6 +70,7 @@ def _launch(workdir: str, token: str, limits: Limits) -> tuple[str, list[dict], 
         raise SandboxError(f"cannot start the sandbox interpreter {sys.executable}: {e}") from e
     finally:
         os.close(result_w)
+    assert proc.stdin is not None and proc.stdout is not None  # both are pipes (PIPE above)
     try:
         try:
             proc.stdin.write(token.encode())

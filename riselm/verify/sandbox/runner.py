@@ -132,7 +132,7 @@ def _install_socket_guard() -> None:
                 raise PermissionError("network access is disabled in the sandbox")
             super().__init__(family, type, proto, fileno)
 
-    socket.socket = GuardedSocket
+    vars(socket)["socket"] = GuardedSocket  # socket.socket = GuardedSocket, which mypy refuses (a class is no variable)
 
 
 def _run_source(path: str, token_fd: int, result_fd: int) -> None:
@@ -145,7 +145,7 @@ def _run_source(path: str, token_fd: int, result_fd: int) -> None:
     # `if __name__ == "__main__":` (examples, input(), unittest.main()) is skipped, its tests are not.
     main = types.ModuleType("program")
     main.__file__ = path
-    main.__builtins__ = builtins
+    main.__dict__["__builtins__"] = builtins  # main.__builtins__, which ModuleType does not declare
     sys.modules["program"] = main  # so that pickle (and multiprocessing) find what it defines
     sys.argv = [path]
     try:
