@@ -33,8 +33,10 @@ def run_demo(out: Path, processes: int, overrides: list[str]) -> dict:
         problems = sum(1 for _ in open(out / f"iter{k}" / "collect" / "episodes.jsonl"))
         samples = sum(1 for _ in open(out / f"iter{k}" / "samples.jsonl"))
         result[f"iter{k}"] = {
-            "collect_s": seconds.get("collect"), "problems_per_s": round(problems / seconds["collect"], 1),
-            "train_s": seconds.get("train"), "samples_per_s": round(2 * samples / seconds["train"], 1),  # 2 epochs
+            "collect_s": seconds.get("collect"),
+            "problems_per_s": round(problems / seconds["collect"], 1),
+            "train_s": seconds.get("train"),
+            "samples_per_s": round(2 * samples / seconds["train"], 1),  # 2 epochs
             "eval_s": seconds.get("eval"),
         }
     return result
@@ -42,7 +44,12 @@ def run_demo(out: Path, processes: int, overrides: list[str]) -> dict:
 
 def markdown(results: list[dict], command: str) -> str:
     lines = [
-        "# The demo on 1 and 2 processes (CPU)", "", "Command:", "", f"    {command}", "",
+        "# The demo on 1 and 2 processes (CPU)",
+        "",
+        "Command:",
+        "",
+        f"    {command}",
+        "",
         "| processes | wall (s) | collect iter1 / iter2 (problems/s) | train iter1 / iter2 (samples/s) | iter2 m1@t1 | iter2 m1@t5 |",
         "|---|---|---|---|---|---|",
     ]

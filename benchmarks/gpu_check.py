@@ -50,8 +50,14 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40
 def build_model(shape: str, device: str) -> LlamaForCausalLM:
     hidden, inter, layers, heads, kv, vocab = SHAPES[shape]
     config = LlamaConfig(
-        hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=4096, tie_word_embeddings=True,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=vocab,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
         attn_implementation="sdpa",
     )
     torch.manual_seed(0)
@@ -107,8 +113,15 @@ def train_step(shape: str, device: str, opts, peak: float, out_dir: Path) -> dic
         half = opts.seq // 2  # the second half is the trained response, as in a RISE sample
         items.append({"input_ids": ids, "labels": [-100] * half + ids[half:], "weight": 1.0 + i % 3, "episode": f"e{i}"})
     settings = TrainSettings(
-        precision="bf16", batch_size=opts.batch, grad_accum=1, max_steps=opts.warmup + opts.steps, learning_rate=1e-5,
-        save_steps=10**6, logging_steps=10**6, max_length=opts.seq, gradient_checkpointing=False,
+        precision="bf16",
+        batch_size=opts.batch,
+        grad_accum=1,
+        max_steps=opts.warmup + opts.steps,
+        learning_rate=1e-5,
+        save_steps=10**6,
+        logging_steps=10**6,
+        max_length=opts.seq,
+        gradient_checkpointing=False,
     )
     args = training_arguments(settings, out_dir / shape, show_progress=False)
     args.save_strategy = "no"
@@ -124,9 +137,14 @@ def train_step(shape: str, device: str, opts, peak: float, out_dir: Path) -> dic
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return {"shape": shape, "params_m": round(n / 1e6, 1), "step_s": round(step, 4),
-            "tokens_per_s": round(tokens / step), "mfu": round(flops / step / peak, 8),
-            "peak_memory_gib": round(memory, 1) if memory is not None else None}
+    return {
+        "shape": shape,
+        "params_m": round(n / 1e6, 1),
+        "step_s": round(step, 4),
+        "tokens_per_s": round(tokens / step),
+        "mfu": round(flops / step / peak, 8),
+        "peak_memory_gib": round(memory, 1) if memory is not None else None,
+    }
 
 
 def generation(shape: str, device: str, opts, peak: float) -> list[dict]:
@@ -165,9 +183,16 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in report["training"]:
-        lines.append(f"| {r['shape']} | {r['params_m']} | {r['step_s']} | {r['tokens_per_s']:,} | {100 * r['mfu']:.1f}% | {r['peak_memory_gib']} |")
-    lines += ["", f"## Generation (riselm's HF sampling loop, bf16, {report['gen_tokens']} new tokens after a 64-token prompt)", "",
-              "| shape | rows | tokens/s | fraction of the compute bound |", "|---|---|---|---|"]
+        lines.append(
+            f"| {r['shape']} | {r['params_m']} | {r['step_s']} | {r['tokens_per_s']:,} | {100 * r['mfu']:.1f}% | {r['peak_memory_gib']} |"
+        )
+    lines += [
+        "",
+        f"## Generation (riselm's HF sampling loop, bf16, {report['gen_tokens']} new tokens after a 64-token prompt)",
+        "",
+        "| shape | rows | tokens/s | fraction of the compute bound |",
+        "|---|---|---|---|",
+    ]
     for r in report["generation"]:
         lines.append(f"| {r['shape']} | {r['batch']} | {r['tokens_per_s']:,} | {100 * r['bound_fraction']:.1f}% |")
     return "\n".join(lines) + "\n"
@@ -193,7 +218,11 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
-        "peak_tflops": peak / 1e12, "peak_source": source, "batch": opts.batch, "seq": opts.seq, "gen_tokens": opts.gen_tokens,
+        "peak_tflops": peak / 1e12,
+        "peak_source": source,
+        "batch": opts.batch,
+        "seq": opts.seq,
+        "gen_tokens": opts.gen_tokens,
         "training": [train_step(shape, device, opts, peak, scratch) for shape in shapes],
         "generation": [row for shape in shapes for row in generation(shape, device, opts, peak)],
     }

@@ -74,7 +74,13 @@ def run_continuous(model, prompts, n, config) -> int:
 def run_riselm(model, prompts, n, config, seeded: bool = True) -> int:
     keys = [stream_key(seed, sample) for seed in range(len(prompts)) for sample in range(n)] if seeded else None
     rows = sample_batch(  # runs under inference mode itself
-        model, prompts, [n] * len(prompts), config.max_new_tokens, Sampling(), [config.eos_token_id], config.pad_token_id,
+        model,
+        prompts,
+        [n] * len(prompts),
+        config.max_new_tokens,
+        Sampling(),
+        [config.eos_token_id],
+        config.pad_token_id,
         row_keys=keys,
     )
     return sum(map(len, rows))
@@ -155,8 +161,13 @@ def main() -> None:
         for p in problems
     ]
     config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     names = args.contenders.split(",")
     warm_up = GenerationConfig(**{**config.to_dict(), "max_new_tokens": 4})

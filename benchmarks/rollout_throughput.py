@@ -60,7 +60,7 @@ class NaiveHFGenerator:
                     top_p=params.top_p if not params.greedy else None,
                     top_k=None,
                     pad_token_id=self.tokenizer.pad_token_id,
-                )[0, ids["input_ids"].shape[1]:]
+                )[0, ids["input_ids"].shape[1] :]
                 tokens = generated.tolist()
                 if tokens and tokens[-1] in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id):
                     tokens = tokens[:-1]
@@ -95,9 +95,23 @@ def run_contender(name, generator, task, problems, settings, n_improve, out_dir)
 def run_in_other_python(args) -> dict:
     """The vLLM contender alone on the same workload, run by `args.vllm_python`; its result dict."""
     command = [
-        args.vllm_python, __file__, "--contenders", "vllm", "--result-line",
-        "--model", args.model, "--problems", str(args.problems), "--turns", str(args.turns), "--n", str(args.n),
-        "--max-new-tokens", str(args.max_new_tokens), "--work", str(args.work),
+        args.vllm_python,
+        __file__,
+        "--contenders",
+        "vllm",
+        "--result-line",
+        "--model",
+        args.model,
+        "--problems",
+        str(args.problems),
+        "--turns",
+        str(args.turns),
+        "--n",
+        str(args.n),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--work",
+        str(args.work),
     ]
     if args.threads:
         command += ["--threads", str(args.threads)]
@@ -194,8 +208,11 @@ def main() -> None:
             "",
             f"Workload: {args.problems} GSM8K test problems, up to {args.turns} turns, N={args.n} from turn 2, "
             f"at most {args.max_new_tokens} new tokens, model {args.model}, {torch.get_num_threads()} torch threads."
-            + (f" The naive loop ran the first {args.naive_problems} of them (its tokens/s does not depend on the count)."
-               if args.naive_problems and "naive" in results else ""),
+            + (
+                f" The naive loop ran the first {args.naive_problems} of them (its tokens/s does not depend on the count)."
+                if args.naive_problems and "naive" in results
+                else ""
+            ),
             "",
             "| contender | tokens | generator s | tokens/s | turns | solved |",
             "|---|---|---|---|---|---|",

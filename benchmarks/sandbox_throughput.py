@@ -80,8 +80,7 @@ def main() -> None:
 
     table = "\n".join(
         [
-            "| isolation | workers | programs | passed | wall s | executions/s | CPU ms / execution "
-            "| load avg (1 min) before → after |",
+            "| isolation | workers | programs | passed | wall s | executions/s | CPU ms / execution | load avg (1 min) before → after |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
         ]

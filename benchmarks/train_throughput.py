@@ -32,9 +32,9 @@ from transformers import Trainer, TrainerCallback
 
 from riselm.jsonl import read_json_or_jsonl
 from riselm.models import build_char_tokenizer, build_tiny_model
+from riselm.settings import TrainSettings
 from riselm.training.samples import TrainingSample, reward_weight
 from riselm.training.tokenize import WeightedCollator, tokenize_samples
-from riselm.settings import TrainSettings
 from riselm.training.trainer import WeightedTrainer, training_arguments
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"
@@ -111,9 +111,15 @@ def run_once(kind: str, tokenizer, rows, opts, out_dir: str) -> tuple[float, flo
     """Tokens per wall second and per CPU second of one run of `kind` ("plain", "weighted", "weighted-packed")."""
     model = build_tiny_model(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0)
     config = TrainSettings(
-        batch_size=opts.micro_batch, grad_accum=1, max_steps=opts.warmup + opts.steps,
-        gradient_checkpointing=False, logging_steps=10**6, save_steps=10**6, max_length=opts.max_length,
-        optimizer="adamw_torch", seed=0,
+        batch_size=opts.micro_batch,
+        grad_accum=1,
+        max_steps=opts.warmup + opts.steps,
+        gradient_checkpointing=False,
+        logging_steps=10**6,
+        save_steps=10**6,
+        max_length=opts.max_length,
+        optimizer="adamw_torch",
+        seed=0,
     )
     args = training_arguments(config, out_dir, show_progress=False)
     args.save_strategy = "no"  # nothing to keep; saving is not what is measured

@@ -18,7 +18,7 @@ _ENTRY_POINTS = {
     "get_task": "riselm.tasks",
     "load_config": "riselm.config",
     "rollout": "riselm.rollout.engine",
-    "run_pipeline": "riselm.pipeline",
+    "run_pipeline": "riselm.run.pipeline",
     "train_weighted": "riselm.training.trainer",
 }
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
 
 import typer
 
-from riselm.rundir import EPISODES_FILE, NOT_CONTENT, REPORT_FILE, RunLayout, model_identity as _model_identity, without
+from riselm.analysis.cli import register as register_analyses
+from riselm.commandline import claim, fail, options, run, settings_of
+from riselm.rundir import EPISODES_FILE, NOT_CONTENT, REPORT_FILE, RunLayout, without
+from riselm.rundir import model_identity as _model_identity
 from riselm.serve.settings import ServeSettings  # pydantic only: FastAPI is imported by `serve` itself
 from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, check_schedule, default
 
@@ -27,64 +29,6 @@ app = typer.Typer(
 
 TASK_OPTION_HELP = "Task option KEY=VALUE, repeatable (e.g. feedback=true for code tasks, digits=4 for arithmetic)."
 BACKEND_OPTION_HELP = "Backend option KEY=VALUE, repeatable (e.g. send_seed=false for openai, dtype=bfloat16 for hf)."
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _run(fn, *args, **kwargs):
-    """Call a library function; turn user errors (bad data or options, unreachable models, a full or
-    read-only disk) into one clean line and exit code 2."""
-    from riselm.distributed import WorkerFailed
-    from riselm.generation.errors import BackendUnavailable
-    from riselm.jsonl import DataError
-
-    try:
-        return fn(*args, **kwargs)
-    except (DataError, BackendUnavailable, ValueError, WorkerFailed) as e:
-        _fail(str(e))
-    except OSError as e:  # FileNotFoundError, PermissionError, a full disk, a path under a regular file
-        where = f"{e.filename}: " if e.filename else ""
-        _fail(f"{where}{e.strerror or e}")
-
-
-# settings fields whose command-line option has another name
-_OPTION_NAMES = {
-    "parallel_samples": "parallel", "eval_split": "split", "eval_data": "data", "eval_limit": "limit",
-    "train_split": "split", "train_data": "data", "train_limit": "limit",
-}
-
-
-def _settings(model, values: dict[str, Any]):
-    """`model` validated from CLI option values; an invalid value is an error naming its option."""
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(values)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            field = str(err["loc"][-1]) if err["loc"] else "?"
-            option = _OPTION_NAMES.get(field, field).replace("_", "-")
-            problems.append(f"--{option}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
-        _fail("; ".join(problems))
-
-
-def _options(pairs: list[str]) -> dict:
-    """KEY=VALUE pairs (values read as YAML) as a dict."""
-    from riselm.config import apply_overrides
-
-    return _run(apply_overrides, {}, pairs)
-
-
-def _claim(out: Path, overwrite: bool, *, model: str | None, data: str | Path | None = None, **identity: Any) -> None:
-    """Claim the output directory for this command's settings (riselm.rundir): resume only the same work."""
-    from riselm.rundir import claim, data_identity, model_identity
-
-    identity = {**identity, "model": model_identity(model), "data": data_identity(data)}
-    _run(claim, out, identity, overwrite)
 
 
 def _sampling(temperature: float, top_p: float, max_new_tokens: int) -> dict:
@@ -105,14 +49,14 @@ def tasks_command() -> None:
 def score_command(
     file: Path = typer.Argument(..., help="JSONL rows with the task's own fields plus `response`."),
     task: str = typer.Option(..., "--task", "-t", help="Task name (see `riselm tasks`)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     unparsable_reward: float = typer.Option(0.0, help="Reward of a response without a final answer (the reference uses -1)."),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
 ) -> None:
     """Score model responses: every row is written back with `pred` and `reward` added."""
     from riselm.scoring import score_file
 
-    _run(score_file, task, file, output=output, unparsable_reward=unparsable_reward, **_options(task_option))
+    run(score_file, task, file, output=output, unparsable_reward=unparsable_reward, **options(task_option))
 
 
 @app.command("metrics")
@@ -123,7 +67,7 @@ def metrics_command(
     """Multi-turn metrics of an episodes file: acc@tK, p1@tk, m1@tk (sequential) or mk@t1, pass@k (parallel)."""
     from riselm.evaluation.evaluate import metrics_of_file
 
-    metrics = _run(metrics_of_file, file)
+    metrics = run(metrics_of_file, file)
     if as_json:
         typer.echo(json.dumps(metrics))
         return
@@ -135,19 +79,23 @@ def metrics_command(
 def eval_command(
     model: str = typer.Option("smollm2", "--model", "-m", help="Local dir, hub id, .gguf file, 'smollm2', or a served model name."),
     task: str = typer.Option("gsm8k", "--task", "-t"),
-    split: Optional[str] = typer.Option(None, help="Task split (default: the task's test split)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    split: str | None = typer.Option(None, help="Task split (default: the task's test split)."),
+    data: str | None = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
+    limit: int | None = typer.Option(None, help="Only the first N problems."),
     turns: int = typer.Option(default(EvalSettings, "turns"), help="Sequential turns K."),
-    parallel: int = typer.Option(default(EvalSettings, "parallel_samples"), help="Also sample k independent first turns (mk@t1, pass@k); 0: none."),
-    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
-    feedback: str = typer.Option(default(EvalSettings, "feedback"), help="After each turn: retry (the task's retry message) or self_refine."),
+    parallel: int = typer.Option(
+        default(EvalSettings, "parallel_samples"), help="Also sample k independent first turns (mk@t1, pass@k); 0: none."
+    ),
+    window: int | None = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    feedback: str = typer.Option(
+        default(EvalSettings, "feedback"), help="After each turn: retry (the task's retry message) or self_refine."
+    ),
     temperature: float = typer.Option(default(SamplingSettings, "temperature"), help="Sampling temperature; 0 for greedy."),
     top_p: float = typer.Option(default(SamplingSettings, "top_p")),
     max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
     seed: int = typer.Option(0, help="The run seed; with each problem's id and turn it seeds every conversation."),
     backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm or openai."),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server URL (backend openai)."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL (backend openai)."),
     batch_size: int = typer.Option(default(GeneratorSettings, "batch_size"), help="HF backend: sequences generated together."),
     backend_option: list[str] = typer.Option([], "--backend-option", help=BACKEND_OPTION_HELP),
     chunk_size: int = typer.Option(default(EvalSettings, "chunk_size"), help="Problems generated (and saved) together."),
@@ -162,20 +110,42 @@ def eval_command(
     from riselm.settings import TaskSettings
     from riselm.tasks import get_task
 
-    settings = _settings(EvalSettings, dict(
-        turns=turns, parallel_samples=parallel, window=window, chunk_size=chunk_size, feedback=feedback,
-        sampling=_sampling(temperature, top_p, max_new_tokens),
-    ))
-    where = _settings(TaskSettings, dict(name=task, eval_split=split, eval_data=data, eval_limit=limit))
-    generator_settings = _settings(GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size, options=_options(backend_option)))
-    task_obj = _run(get_task, task, unparsable_reward=unparsable_reward, **_options(task_option))
-    problems = _run(task_obj.load, split=where.eval_split, data=where.eval_data, limit=where.eval_limit)
-    _claim(out, overwrite, command="eval", model=model, backend=backend, backend_options=generator_settings.options,
-           task=task, task_options=_options(task_option), unparsable_reward=unparsable_reward, split=where.eval_split,
-           data=data, limit=limit, seed=seed, settings=without(settings.model_dump(), ["chunk_size", "base"]))
-    generator = _run(build, generator_settings, model)
+    settings = settings_of(
+        EvalSettings,
+        dict(
+            turns=turns,
+            parallel_samples=parallel,
+            window=window,
+            chunk_size=chunk_size,
+            feedback=feedback,
+            sampling=_sampling(temperature, top_p, max_new_tokens),
+        ),
+    )
+    where = settings_of(TaskSettings, dict(name=task, eval_split=split, eval_data=data, eval_limit=limit))
+    generator_settings = settings_of(
+        GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size, options=options(backend_option))
+    )
+    task_obj = run(get_task, task, unparsable_reward=unparsable_reward, **options(task_option))
+    problems = run(task_obj.load, split=where.eval_split, data=where.eval_data, limit=where.eval_limit)
+    claim(
+        out,
+        overwrite,
+        command="eval",
+        model=model,
+        backend=backend,
+        backend_options=generator_settings.options,
+        task=task,
+        task_options=options(task_option),
+        unparsable_reward=unparsable_reward,
+        split=where.eval_split,
+        data=data,
+        limit=limit,
+        seed=seed,
+        settings=without(settings.model_dump(), ["chunk_size", "base"]),
+    )
+    generator = run(build, generator_settings, model)
     try:
-        _run(evaluate, task_obj, generator, out, settings, problems=problems, seed=seed)
+        run(evaluate, task_obj, generator, out, settings, problems=problems, seed=seed)
     finally:
         generator.close()
     typer.echo((out / REPORT_FILE).read_text())
@@ -187,14 +157,14 @@ def collect_command(
     model: str = typer.Option(..., "--model", "-m", help="The learner: local dir, hub id, .gguf file or named model."),
     task: str = typer.Option("gsm8k", "--task", "-t"),
     split: str = typer.Option("train"),
-    data: Optional[str] = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N problems."),
+    data: str | None = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
+    limit: int | None = typer.Option(None, help="Only the first N problems."),
     schedule: str = typer.Option("learner:1,learner:16", help="Per-turn improvers MODEL:N, the last one repeats."),
-    expert: Optional[str] = typer.Option(None, help="The model named `expert` in --schedule (a model spec or served name)."),
+    expert: str | None = typer.Option(None, help="The model named `expert` in --schedule (a model spec or served name)."),
     expert_backend: str = typer.Option("openai", help="hf, vllm or openai."),
-    expert_base_url: Optional[str] = typer.Option(None, help="The expert's OpenAI-compatible server URL."),
+    expert_base_url: str | None = typer.Option(None, help="The expert's OpenAI-compatible server URL."),
     max_turns: int = typer.Option(default(CollectSettings, "max_turns")),
-    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    window: int | None = typer.Option(None, help="Context window in attempts (default: whole history)."),
     temperature: float = typer.Option(default(SamplingSettings, "temperature")),
     top_p: float = typer.Option(default(SamplingSettings, "top_p")),
     max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
@@ -214,33 +184,54 @@ def collect_command(
     from riselm.settings import TaskSettings
     from riselm.tasks import get_task
 
-    steps = _run(parse_schedule, schedule)
-    settings = _settings(CollectSettings, dict(
-        max_turns=max_turns, window=window, schedule=steps, chunk_size=chunk_size,
-        sampling=_sampling(temperature, top_p, max_new_tokens),
-    ))
-    where = _settings(TaskSettings, dict(name=task, train_split=split, train_data=data, train_limit=limit))
+    steps = run(parse_schedule, schedule)
+    settings = settings_of(
+        CollectSettings,
+        dict(
+            max_turns=max_turns,
+            window=window,
+            schedule=steps,
+            chunk_size=chunk_size,
+            sampling=_sampling(temperature, top_p, max_new_tokens),
+        ),
+    )
+    where = settings_of(TaskSettings, dict(name=task, train_split=split, train_data=data, train_limit=limit))
     wanted = {s.model for s in steps}
-    _run(check_schedule, steps, ["learner", "expert"], "--schedule")
+    run(check_schedule, steps, ["learner", "expert"], "--schedule")
     if "expert" in wanted and not expert:
-        _fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
-    task_obj = _run(get_task, task, **_options(task_option))
-    problems = _run(task_obj.load, split=where.train_split, data=where.train_data, limit=where.train_limit)
-    _claim(out, overwrite, command="collect", model=model, backend=backend, task=task, task_options=_options(task_option),
-           split=where.train_split, data=data, limit=limit, seed=seed, settings=without(settings.model_dump(), ["chunk_size"]),
-           expert=_model_identity(expert) if "expert" in wanted else None, expert_backend=expert_backend if "expert" in wanted else None)
-    generators = {"learner": _run(build, _settings(GeneratorSettings, dict(backend=backend, batch_size=batch_size)), model)}
+        fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
+    task_obj = run(get_task, task, **options(task_option))
+    problems = run(task_obj.load, split=where.train_split, data=where.train_data, limit=where.train_limit)
+    claim(
+        out,
+        overwrite,
+        command="collect",
+        model=model,
+        backend=backend,
+        task=task,
+        task_options=options(task_option),
+        split=where.train_split,
+        data=data,
+        limit=limit,
+        seed=seed,
+        settings=without(settings.model_dump(), ["chunk_size"]),
+        expert=_model_identity(expert) if "expert" in wanted else None,
+        expert_backend=expert_backend if "expert" in wanted else None,
+    )
+    generators = {"learner": run(build, settings_of(GeneratorSettings, dict(backend=backend, batch_size=batch_size)), model)}
     try:
         if "expert" in wanted:
-            expert_settings = _settings(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))
-            generators["expert"] = _run(build, expert_settings, expert)
-        episodes = _run(collect, task_obj, generators, problems, out / EPISODES_FILE, settings, seed)
+            expert_settings = settings_of(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))
+            generators["expert"] = run(build, expert_settings, expert)
+        episodes = run(collect, task_obj, generators, problems, out / EPISODES_FILE, settings, seed)
     finally:
         for generator in generators.values():
             generator.close()
     metrics = sequential_metrics(episodes, task_obj.same_answer, task_obj.answer_key)
-    typer.echo(f"{len(episodes)} episodes in {out / EPISODES_FILE}; solved by turn: "
-               + ", ".join(f"t{k} {metrics[f'p1@t{k}']:.1f}%" for k in range(1, int(metrics.get('turns', 0)) + 1)))
+    typer.echo(
+        f"{len(episodes)} episodes in {out / EPISODES_FILE}; solved by turn: "
+        + ", ".join(f"t{k} {metrics[f'p1@t{k}']:.1f}%" for k in range(1, int(metrics.get("turns") or 0) + 1))
+    )
 
 
 @app.command("train")
@@ -251,31 +242,38 @@ def train_command(
     tau: float = typer.Option(default(SamplesSettings, "tau"), help="Sample weight exp(reward / tau)."),
     filter: str = typer.Option(default(SamplesSettings, "filter"), help="all, better, best or success."),
     dedup: bool = typer.Option(default(SamplesSettings, "dedup")),
-    window: Optional[str] = typer.Option(None, help="Context window of the samples: N attempts, or 'all' (default: the episodes' own)."),
+    window: str | None = typer.Option(None, help="Context window of the samples: N attempts, or 'all' (default: the episodes' own)."),
     option: list[str] = typer.Option([], "--set", help="Training setting KEY=VALUE (see TrainSettings), repeatable."),
     overwrite: bool = typer.Option(False, "--overwrite", help="OUT holds other work: move it aside to OUT.old-N and start afresh."),
 ) -> None:
     """Reward-weighted training on the final turn of each sample (full or LoRA; accelerate-launchable)."""
+    from riselm.config import validate
     from riselm.models import resolve_model_dir
     from riselm.settings import TrainSettings
     from riselm.training.samples import EPISODE_WINDOW
     from riselm.training.trainer import train_from_file
 
-    from riselm.config import validate
-
-    samples = _settings(SamplesSettings, dict(tau=tau, filter=filter, dedup=dedup))
-    settings = _run(validate, TrainSettings, _options(option), "--set")
+    samples = settings_of(SamplesSettings, dict(tau=tau, filter=filter, dedup=dedup))
+    settings = run(validate, TrainSettings, options(option), "--set")
     context = EPISODE_WINDOW if window is None else None if window == "all" else _window(window)
-    model_dir = _run(resolve_model_dir, model)  # named models and GGUF files become a checkpoint directory
-    _claim(out, overwrite, command="train", model=model, data=data, samples=samples.model_dump(), window=context,
-           settings=without(settings.model_dump(), NOT_CONTENT["train"]))
-    final = _run(train_from_file, data, model_dir, out, settings, samples, context)
+    model_dir = run(resolve_model_dir, model)  # named models and GGUF files become a checkpoint directory
+    claim(
+        out,
+        overwrite,
+        command="train",
+        model=model,
+        data=data,
+        samples=samples.model_dump(),
+        window=context,
+        settings=without(settings.model_dump(), NOT_CONTENT["train"]),
+    )
+    final = run(train_from_file, data, model_dir, out, settings, samples, context)
     typer.echo(f"trained model in {final}")
 
 
 def _window(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        _fail(f"--window: expected a number of attempts >= 1 or 'all', got {text!r}")
+        fail(f"--window: expected a number of attempts >= 1 or 'all', got {text!r}")
     return int(text)
 
 
@@ -283,12 +281,14 @@ def _window(text: str) -> int:
 def run_command(
     config: Path = typer.Argument(..., help="A run config YAML (see configs/)."),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. iterations=3 train.learning_rate=2e-5."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="the run directory holds other work: move it aside to DIR.old-N and start afresh."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="the run directory holds other work: move it aside to DIR.old-N and start afresh."
+    ),
 ) -> None:
     """The RISE loop: optional boost, then iterations of collect -> samples -> train -> evaluate. Resumable."""
     from riselm.config import load_config
 
-    settings = _run(load_config, config, overrides or [])
+    settings = run(load_config, config, overrides or [])
     _pipeline(settings, ["run", str(config), *(overrides or [])], overwrite)
 
 
@@ -296,27 +296,29 @@ def run_command(
 def demo_command(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="The run directory (re-running resumes)."),
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the demo config."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="the run directory holds other work: move it aside to DIR.old-N and start afresh."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="the run directory holds other work: move it aside to DIR.old-N and start afresh."
+    ),
 ) -> None:
     """The embedded default: the whole RISE loop on the synthetic task with a tiny model, on CPU, in minutes."""
-    from riselm.demo import prepare_demo
+    from riselm.run.demo import prepare_demo
 
-    settings = _run(prepare_demo, out, overrides or [], overwrite)
+    settings = run(prepare_demo, out, overrides or [], overwrite)
     _pipeline(settings, ["demo", "--out", str(out), *(overrides or [])])
 
 
 def _pipeline(settings, argv: list[str], overwrite: bool = False) -> None:
     """Run the pipeline here, or start its worker processes (distributed.processes > 1) running `argv`."""
     from riselm import distributed
-    from riselm.pipeline import run_identity, run_pipeline
+    from riselm.run.pipeline import run_identity, run_pipeline
     from riselm.rundir import claim
 
-    _run(claim, settings.out, run_identity(settings), overwrite)
+    run(claim, settings.out, run_identity(settings), overwrite)
 
     if distributed.needs_launch(settings.distributed):
-        _run(distributed.launch, settings.distributed, Path(settings.out), argv)
+        run(distributed.launch, settings.distributed, Path(settings.out), argv)
     else:
-        _run(run_pipeline, settings)
+        run(run_pipeline, settings)
         if distributed.in_worker():  # the launching command prints the summary
             return
     typer.echo(RunLayout(settings.out).summary("md").read_text())
@@ -326,16 +328,16 @@ def _pipeline(settings, argv: list[str], overwrite: bool = False) -> None:
 def serve_command(
     model: str = typer.Argument(..., help="Local dir, hub id, .gguf file or 'smollm2' (hf, vllm); the served model's name (openai)."),
     backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm or openai (a proxy in front of --base-url)."),
-    base_url: Optional[str] = typer.Option(None, help="The OpenAI-compatible server behind this one (backend openai)."),
+    base_url: str | None = typer.Option(None, help="The OpenAI-compatible server behind this one (backend openai)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     turns: int = typer.Option(default(ServeSettings, "turns"), "--turns", "-k", help="Turns K per request (a request may ask for others)."),
     max_turns: int = typer.Option(default(ServeSettings, "max_turns"), help="The most turns a request may ask for."),
-    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: whole history)."),
+    window: int | None = typer.Option(None, help="Context window in attempts (default: whole history)."),
     stop_when_stable: int = typer.Option(
         default(ServeSettings, "stop_when_stable"), help="Stop once N consecutive turns give the same answer (0: never)."
     ),
-    task: Optional[str] = typer.Option(
+    task: str | None = typer.Option(
         None, "--task", "-t", help="Prompt, retry message and answer extractor of this task (default: generic \\boxed{})."
     ),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
@@ -347,9 +349,9 @@ def serve_command(
     ),
     max_queue: int = typer.Option(default(ServeSettings, "max_queue"), help="Requests waiting beyond those; more get 429."),
     request_timeout: float = typer.Option(default(ServeSettings, "request_timeout"), help="Seconds before a request gets 504."),
-    max_prompt_tokens: Optional[int] = typer.Option(None, help="Longest prompt accepted (default: what fits the model's positions)."),
-    served_model_name: Optional[str] = typer.Option(None, help="The model name clients send (default: MODEL)."),
-    api_key_env: Optional[str] = typer.Option(None, help="A variable holding the key clients must send as a bearer token."),
+    max_prompt_tokens: int | None = typer.Option(None, help="Longest prompt accepted (default: what fits the model's positions)."),
+    served_model_name: str | None = typer.Option(None, help="The model name clients send (default: MODEL)."),
+    api_key_env: str | None = typer.Option(None, help="A variable holding the key clients must send as a bearer token."),
     batch_size: int = typer.Option(default(GeneratorSettings, "batch_size"), help="HF backend: sequences generated together."),
     backend_option: list[str] = typer.Option([], "--backend-option", help=BACKEND_OPTION_HELP),
 ) -> None:
@@ -357,22 +359,43 @@ def serve_command(
     try:
         from riselm.serve.server import serve
     except ImportError as e:
-        _fail(f"riselm serve needs its extra ({e.name} is missing): pip install 'riselm[serve]'")
-    settings = _settings(ServeSettings, dict(
-        turns=turns, max_turns=max_turns, window=window, stop_when_stable=stop_when_stable, task=task,
-        task_options=_options(task_option), sampling=_sampling(temperature, top_p, max_new_tokens),
-        max_concurrency=max_concurrency, max_queue=max_queue, request_timeout=request_timeout,
-        max_prompt_tokens=max_prompt_tokens, served_model_name=served_model_name,
-    ))
+        fail(f"riselm serve needs its extra ({e.name} is missing): pip install 'riselm[serve]'")
+    settings = settings_of(
+        ServeSettings,
+        dict(
+            turns=turns,
+            max_turns=max_turns,
+            window=window,
+            stop_when_stable=stop_when_stable,
+            task=task,
+            task_options=options(task_option),
+            sampling=_sampling(temperature, top_p, max_new_tokens),
+            max_concurrency=max_concurrency,
+            max_queue=max_queue,
+            request_timeout=request_timeout,
+            max_prompt_tokens=max_prompt_tokens,
+            served_model_name=served_model_name,
+        ),
+    )
     if task is not None:
         from riselm.tasks import get_task
 
-        _run(get_task, task, **settings.task_options)  # an unknown task fails before the model loads
-    _settings(GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size))
+        run(get_task, task, **settings.task_options)  # an unknown task fails before the model loads
+    settings_of(GeneratorSettings, dict(backend=backend, base_url=base_url, batch_size=batch_size))
     if backend == "openai" and not base_url:
-        _fail("--backend openai: give --base-url, the server this one stands in front of")
-    _run(serve, model, settings, backend=backend, base_url=base_url, host=host, port=port, batch_size=batch_size,
-         options=_options(backend_option), api_key_env=api_key_env)
+        fail("--backend openai: give --base-url, the server this one stands in front of")
+    run(
+        serve,
+        model,
+        settings,
+        backend=backend,
+        base_url=base_url,
+        host=host,
+        port=port,
+        batch_size=batch_size,
+        options=options(backend_option),
+        api_key_env=api_key_env,
+    )
 
 
 @app.command("view")
@@ -383,18 +406,14 @@ def view_command(
     """One HTML page showing every episode turn by turn, with filters (wrong→right, right→wrong, unsolved)."""
     from riselm.serve.view import view_file
 
-    counts = _run(view_file, file, out)
-    typer.echo(f"wrote {out}: {counts['all']} episodes ({counts['wrong→right']} wrong→right, "
-               f"{counts['right→wrong']} right→wrong, {counts['unsolved']} unsolved)")
+    counts = run(view_file, file, out)
+    typer.echo(
+        f"wrote {out}: {counts['all']} episodes ({counts['wrong→right']} wrong→right, "
+        f"{counts['right→wrong']} right→wrong, {counts['unsolved']} unsolved)"
+    )
 
 
-def _register_analyses() -> None:
-    from riselm.analysis.cli import register  # compare and analyze (transitions, fixes, nll, transfer)
-
-    register(app)
-
-
-_register_analyses()
+register_analyses(app)  # compare and analyze (transitions, fixes, nll, transfer)
 
 
 def main() -> None:  # pragma: no cover - console entry

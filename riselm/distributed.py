@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from riselm.files import write_json
+from riselm.hardware import usable_cpus
 from riselm.settings import DistributedSettings
 
 WORKER_ENV = "RISELM_WORKER"  # set in the processes the launcher starts
@@ -118,7 +119,7 @@ def launch(settings: DistributedSettings, out: Path, argv: list[str]) -> None:
         monitor_interval=1,
     )
     os.environ[WORKER_ENV] = "1"
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _usable_cpus() // per_node)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // per_node)))
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "riselm.cli", *argv)
     except ChildFailedError as error:
@@ -158,7 +159,3 @@ def stage_of(out: Path, rank: int) -> str | None:
 def error_of(out: Path, rank: int) -> str | None:
     path = Path(out) / STATUS_DIR / f"rank{rank}.json"
     return json.loads(path.read_text()).get("error") if path.exists() else None
-
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -29,8 +29,12 @@ def build(settings: GeneratorSettings, model: str) -> Generator:
         device = str(options.get("device", "")).split(":")[0] or None
         options["dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(settings.precision, device)]
     return build_generator(
-        model, backend=settings.backend, base_url=settings.base_url, api_key_env=settings.api_key_env,
-        batch_size=settings.batch_size, **options,
+        model,
+        backend=settings.backend,
+        base_url=settings.base_url,
+        api_key_env=settings.api_key_env,
+        batch_size=settings.batch_size,
+        **options,
     )
 
 
@@ -56,7 +60,7 @@ class Learner:
         self._wanted: str | None = None  # the model the next generation is for
         self.stats = GenerationStats()  # over every generator it has held
 
-    def at(self, model: str) -> "Learner":
+    def at(self, model: str) -> Learner:
         self._wanted = model
         return self
 
@@ -92,7 +96,7 @@ class Learner:
         if generator is not None:
             generator.close()
 
-    def __enter__(self) -> "Learner":
+    def __enter__(self) -> Learner:
         return self
 
     def __exit__(self, *exc) -> None:

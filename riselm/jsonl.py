@@ -6,8 +6,9 @@ import gzip
 import json
 import os
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from riselm.files import dumps, write_text_atomic
 
@@ -51,8 +52,7 @@ def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[tuple
             missing = [k for k in required if k not in row]
             if missing:
                 raise DataError(
-                    f"{path}:{lineno}: missing field(s) {', '.join(map(repr, missing))}; "
-                    f"expected fields {', '.join(map(repr, required))}"
+                    f"{path}:{lineno}: missing field(s) {', '.join(map(repr, missing))}; expected fields {', '.join(map(repr, required))}"
                 )
             yield lineno, row
 
@@ -113,7 +113,7 @@ class JsonlAppender:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> JsonlAppender:
         return self
 
     def __exit__(self, *exc) -> None:

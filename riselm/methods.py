@@ -12,8 +12,8 @@ method names itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from riselm.rollout.episode import Episode
 from riselm.settings import SamplesSettings

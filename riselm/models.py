@@ -34,9 +34,7 @@ def build_char_tokenizer(chars: str = string.printable, chat_template: str = CHA
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # every character its own token
     backend.decoder = decoders.Fuse()  # join tokens without spaces
     backend.add_special_tokens(CHAR_SPECIAL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>")
     tokenizer.chat_template = chat_template
     tokenizer.padding_side = "left"
     return tokenizer

@@ -22,9 +22,10 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from riselm.files import write_json
 
@@ -38,8 +39,18 @@ _TRAIN_BOOKKEEPING = ("logging_steps", "save_steps", "save_total_limit", "report
 NOT_CONTENT: dict[str, tuple[str, ...]] = {
     "train": _TRAIN_BOOKKEEPING,
     "run": (
-        "out", "threads", "iterations", "distributed", "learner.batch_size", "collect.chunk_size", "eval.chunk_size",
-        "eval.base", "online.eval_every", "online.save_every", "online.report_to", "online.micro_batch",
+        "out",
+        "threads",
+        "iterations",
+        "distributed",
+        "learner.batch_size",
+        "collect.chunk_size",
+        "eval.chunk_size",
+        "eval.base",
+        "online.eval_every",
+        "online.save_every",
+        "online.report_to",
+        "online.micro_batch",
         *(f"{section}.{key}" for section in ("train", "boost.train") for key in _TRAIN_BOOKKEEPING),
     ),
 }

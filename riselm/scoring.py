@@ -8,8 +8,9 @@ extracted final answer, or null) and `reward` added, and `feedback` where the ta
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from riselm.files import dumps
 from riselm.jsonl import DataError, iter_jsonl, write_jsonl

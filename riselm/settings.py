@@ -70,7 +70,9 @@ def check_schedule(schedule: list[ScheduleStep], known: list[str], where: str = 
     unknown = sorted({step.model for step in schedule} - set(known))
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
-        raise ValueError(f"{where} names model(s) {names}, which {'is' if len(unknown) == 1 else 'are'} not defined; known: {', '.join(known)}")
+        raise ValueError(
+            f"{where} names model(s) {names}, which {'is' if len(unknown) == 1 else 'are'} not defined; known: {', '.join(known)}"
+        )
 
 
 class CollectSettings(_Settings):
@@ -239,7 +241,7 @@ class OnlineSettings(_Settings):
     sync_every: int = Field(1, ge=1)  # vllm backend: hand the engine new weights every this many steps
 
     @model_validator(mode="after")
-    def _samples_the_policy_it_trains(self) -> "OnlineSettings":
+    def _samples_the_policy_it_trains(self) -> OnlineSettings:
         if self.sampling.top_p < 1:
             raise ValueError(
                 f"online.sampling.top_p must be 1 (got {self.sampling.top_p}): online RL trains softmax(logits / "
@@ -262,7 +264,7 @@ class DistributedSettings(_Settings):
     timeout_s: int = Field(1800, ge=1)  # the longest a process waits for the others at a barrier
 
     @model_validator(mode="after")
-    def _node_rank_in_range(self) -> "DistributedSettings":
+    def _node_rank_in_range(self) -> DistributedSettings:
         if self.node_rank >= self.nodes:
             raise ValueError(f"distributed.node_rank {self.node_rank} must be below distributed.nodes ({self.nodes})")
         return self
@@ -295,7 +297,7 @@ class RunSettings(_Settings):
     threads: int | None = Field(None, ge=1)  # torch CPU threads, at most the usable CPUs (None: torch's default)
 
     @model_validator(mode="after")
-    def _improvers_known(self) -> "RunSettings":
+    def _improvers_known(self) -> RunSettings:
         check_schedule(self.collect.schedule, ["learner", *self.experts])
         for name, expert in self.experts.items():
             if expert.model is None:

@@ -51,8 +51,25 @@ def test_unknown_task_lists_known_ones(tmp_path):
 def test_eval_then_metrics_json(tmp_path, tiny_model_dir):
     out = tmp_path / "eval"
     result = invoke(
-        "eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 3, "--turns", 2, "--parallel", 2,
-        "--max-new-tokens", 8, "--out", out, "--task-option", "test_size=20", "--task-option", "train_size=20",
+        "eval",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "arithmetic",
+        "--limit",
+        3,
+        "--turns",
+        2,
+        "--parallel",
+        2,
+        "--max-new-tokens",
+        8,
+        "--out",
+        out,
+        "--task-option",
+        "test_size=20",
+        "--task-option",
+        "train_size=20",
     )
     assert result.exit_code == 0, result.output
     assert (out / "accuracy.png").exists() and "| 2 |" in (out / "report.md").read_text()
@@ -82,17 +99,48 @@ def test_collect_then_train(tmp_path, tiny_model_dir):
 
     out = tmp_path / "c"
     result = invoke(  # the untrained model rarely stops early: a long limit leaves finished (trainable) turns
-        "collect", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 3, "--max-turns", 2,
-        "--schedule", "learner:1,learner:2", "--max-new-tokens", 400, "--out", out,
-        "--task-option", "train_size=20", "--task-option", "test_size=5",
+        "collect",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "arithmetic",
+        "--limit",
+        3,
+        "--max-turns",
+        2,
+        "--schedule",
+        "learner:1,learner:2",
+        "--max-new-tokens",
+        400,
+        "--out",
+        out,
+        "--task-option",
+        "train_size=20",
+        "--task-option",
+        "test_size=5",
     )
     assert result.exit_code == 0, result.output
     episodes = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert len(episodes) == 3 and all(e["mode"] == "collect" for e in episodes)
     assert any(not t["truncated"] for e in episodes for t in e["turns"])
-    trained = invoke("train", out / "episodes.jsonl", "--model", tiny_model_dir, "--out", tmp_path / "t",
-                     "--set", "epochs=1", "--set", "batch_size=2", "--set", "grad_accum=1", "--set", "warmup_ratio=0",
-                     "--set", "learning_rate=1e-2")
+    trained = invoke(
+        "train",
+        out / "episodes.jsonl",
+        "--model",
+        tiny_model_dir,
+        "--out",
+        tmp_path / "t",
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "grad_accum=1",
+        "--set",
+        "warmup_ratio=0",
+        "--set",
+        "learning_rate=1e-2",
+    )
     assert trained.exit_code == 0, trained.output
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "t" / "final").state_dict()
@@ -107,8 +155,27 @@ def test_collect_schedule_naming_an_undefined_model_fails(tmp_path, tiny_model_d
 def test_eval_with_self_refine_records_the_reviews(tmp_path, tiny_model_dir):
     out = tmp_path / "sr"
     result = invoke(
-        "eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 2, "--turns", 2, "--parallel", 0,
-        "--feedback", "self_refine", "--max-new-tokens", 6, "--out", out, "--task-option", "test_size=4", "--task-option", "train_size=4",
+        "eval",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "arithmetic",
+        "--limit",
+        2,
+        "--turns",
+        2,
+        "--parallel",
+        0,
+        "--feedback",
+        "self_refine",
+        "--max-new-tokens",
+        6,
+        "--out",
+        out,
+        "--task-option",
+        "test_size=4",
+        "--task-option",
+        "train_size=4",
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "episodes.sequential.jsonl").read_text().splitlines()]

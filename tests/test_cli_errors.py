@@ -56,7 +56,10 @@ def test_a_directory_given_to_metrics(tmp_path):
 
 @pytest.mark.parametrize(
     "turn, words",
-    [({"response": "a", "pred": "1"}, ["e.jsonl:1", "'reward'"]), ({"response": "a", "pred": "1", "reward": "high"}, ["e.jsonl:1", "'reward'", "number"])],
+    [
+        ({"response": "a", "pred": "1"}, ["e.jsonl:1", "'reward'"]),
+        ({"response": "a", "pred": "1", "reward": "high"}, ["e.jsonl:1", "'reward'", "number"]),
+    ],
 )
 def test_a_turn_without_a_numeric_reward(tmp_path, turn, words):
     path = tmp_path / "e.jsonl"
@@ -72,7 +75,15 @@ def test_invalid_utf8_names_the_file_and_line(tmp_path):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("--turns", 0), ("--limit", -1), ("--parallel", -1), ("--chunk-size", 0), ("--max-new-tokens", 0), ("--top-p", 1.5), ("--batch-size", 0)],
+    [
+        ("--turns", 0),
+        ("--limit", -1),
+        ("--parallel", -1),
+        ("--chunk-size", 0),
+        ("--max-new-tokens", 0),
+        ("--top-p", 1.5),
+        ("--batch-size", 0),
+    ],
 )
 def test_eval_options_out_of_range_are_refused_by_name(tmp_path, option, value):
     one_clean_error(invoke("eval", "--model", tmp_path, "--task", "arithmetic", option, value, "--out", tmp_path / "o"), option)
@@ -122,8 +133,10 @@ def test_an_episodes_file_without_episodes_is_an_error(tmp_path, text):
 
 def test_episodes_without_turns_are_reported_not_counted(tmp_path):
     path = tmp_path / "e.jsonl"
-    rows = [{"id": "a", "task": "gsm8k", "mode": "sequential", "turns": []},
-            {"id": "b", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "\\boxed{1}", "pred": "1", "reward": 1}]}]
+    rows = [
+        {"id": "a", "task": "gsm8k", "mode": "sequential", "turns": []},
+        {"id": "b", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "\\boxed{1}", "pred": "1", "reward": 1}]},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = invoke("metrics", path, "--json")
     assert result.exit_code == 0, result.output
@@ -147,8 +160,11 @@ def test_bad_data_files_are_named(tmp_path, tiny_model_dir, content, words):
 
 
 def test_a_missing_local_data_file_is_named_at_once(tmp_path, tiny_model_dir):
-    one_clean_error(invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", "nope.jsonl", "--out", tmp_path / "o"),
-                    "nope.jsonl", "no such file")
+    one_clean_error(
+        invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", "nope.jsonl", "--out", tmp_path / "o"),
+        "nope.jsonl",
+        "no such file",
+    )
 
 
 def test_a_truncated_gzip_data_file_is_named(tmp_path, tiny_model_dir):
@@ -157,8 +173,11 @@ def test_a_truncated_gzip_data_file_is_named(tmp_path, tiny_model_dir):
     whole = gzip.compress(b'{"question": "2+2?", "answer": "#### 4"}\n' * 50)
     data = tmp_path / "d.jsonl.gz"
     data.write_bytes(whole[: len(whole) // 2])
-    one_clean_error(invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", data, "--out", tmp_path / "o"),
-                    "d.jsonl.gz", "damaged or truncated")
+    one_clean_error(
+        invoke("eval", "--model", tiny_model_dir, "--task", "gsm8k", "--data", data, "--out", tmp_path / "o"),
+        "d.jsonl.gz",
+        "damaged or truncated",
+    )
 
 
 def test_a_damaged_weight_file_is_named(tmp_path, tiny_model_dir):
@@ -175,8 +194,11 @@ def test_a_damaged_weight_file_is_named(tmp_path, tiny_model_dir):
 def test_infinite_floats_are_refused_and_json_files_stay_valid(tmp_path):
     from riselm.files import write_json
 
-    one_clean_error(invoke("eval", "--model", tmp_path, "--task", "arithmetic", "--temperature", "inf", "--out", tmp_path / "o"),
-                    "--temperature", "finite")
+    one_clean_error(
+        invoke("eval", "--model", tmp_path, "--task", "arithmetic", "--temperature", "inf", "--out", tmp_path / "o"),
+        "--temperature",
+        "finite",
+    )
     with pytest.raises(ValueError):
         write_json(tmp_path / "x.json", {"a": float("nan")})
     assert not list(tmp_path.glob("*x.json*"))
@@ -197,8 +219,27 @@ def test_a_report_that_cannot_be_written_leaves_the_old_one_whole(tmp_path, tiny
     import os
 
     out = tmp_path / "e"
-    args = ["eval", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 2, "--turns", 1, "--parallel", 0,
-            "--max-new-tokens", 4, "--task-option", "test_size=4", "--task-option", "train_size=4", "--out", out]
+    args = [
+        "eval",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "arithmetic",
+        "--limit",
+        2,
+        "--turns",
+        1,
+        "--parallel",
+        0,
+        "--max-new-tokens",
+        4,
+        "--task-option",
+        "test_size=4",
+        "--task-option",
+        "train_size=4",
+        "--out",
+        out,
+    ]
     assert invoke(*args).exit_code == 0
     before = {name: (out / name).read_bytes() for name in ("metrics.json", "report.md", "accuracy.png")}
 

@@ -16,7 +16,9 @@ def test_shipped_configs_validate_and_start_with_their_command(path):
 
 
 def test_overrides_reach_nested_keys():
-    cfg = load_config(None, check_models=False, overrides=["iterations=3", "train.learning_rate=2e-5", "collect.schedule=[{model: learner, n: 4}]"])
+    cfg = load_config(
+        None, check_models=False, overrides=["iterations=3", "train.learning_rate=2e-5", "collect.schedule=[{model: learner, n: 4}]"]
+    )
     assert cfg.iterations == 3 and cfg.train.learning_rate == 2e-5
     assert [(s.model, s.n) for s in cfg.collect.schedule] == [("learner", 4)]
 

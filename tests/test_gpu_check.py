@@ -18,8 +18,28 @@ def gpu_check():
 
 def test_tiny_shapes_on_cpu_write_the_table(gpu_check, tmp_path):
     out = tmp_path / "gpu.md"
-    report = gpu_check.main(["--shapes", "tiny", "--batch", "2", "--seq", "32", "--warmup", "1", "--steps", "2",
-                             "--gen-batches", "2,4", "--gen-tokens", "8", "--peak-tflops", "1", "--output", str(out)])
+    report = gpu_check.main(
+        [
+            "--shapes",
+            "tiny",
+            "--batch",
+            "2",
+            "--seq",
+            "32",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--gen-batches",
+            "2,4",
+            "--gen-tokens",
+            "8",
+            "--peak-tflops",
+            "1",
+            "--output",
+            str(out),
+        ]
+    )
     [train] = report["training"]
     model = gpu_check.build_model("tiny", "cpu")
     n, layers, hidden = gpu_check.parameters(model), 2, 32

@@ -12,6 +12,7 @@ def cpu_flag(monkeypatch):
     def set_flag(flag):
         monkeypatch.setattr(hardware, "cpu_bf16_flag", lambda: flag)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
     return set_flag
 
 
@@ -56,12 +57,16 @@ def test_bf16_training_keeps_float32_master_weights(tmp_path, char_tokenizer):
     model = build_tiny_model(char_tokenizer, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=0)
     start = [p.detach().clone() for p in model.parameters()]
     samples = [TrainingSample([{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "\\boxed{2}"}], 1.0, 1.0, "a", 0)] * 4
-    settings = TrainSettings(precision="bf16", batch_size=4, grad_accum=1, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0, save_steps=1000)
+    settings = TrainSettings(
+        precision="bf16", batch_size=4, grad_accum=1, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0, save_steps=1000
+    )
     train_weighted(model, samples, tmp_path, settings, tokenizer=char_tokenizer, show_progress=False)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     moved = max((p.detach() - s).abs().max().item() for p, s in zip(model.parameters(), start))
     assert 1e-4 < moved
     # the steps ran in bf16: the same steps in fp32 end elsewhere
     fp32 = build_tiny_model(char_tokenizer, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=0)
-    train_weighted(fp32, samples, tmp_path / "fp32", settings.model_copy(update={"precision": "fp32"}), tokenizer=char_tokenizer, show_progress=False)
+    train_weighted(
+        fp32, samples, tmp_path / "fp32", settings.model_copy(update={"precision": "fp32"}), tokenizer=char_tokenizer, show_progress=False
+    )
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fp32.parameters()))

@@ -40,9 +40,17 @@ def write_tiny_gguf(path, hidden=16, heads=2, ff=32):
     writer.add_chat_template(models.CHATML_TEMPLATE)
     rng = np.random.default_rng(0)
     shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,)}
-    for name, shape in [("attn_q", (hidden, hidden)), ("attn_k", (hidden, hidden)), ("attn_v", (hidden, hidden)),
-                        ("attn_output", (hidden, hidden)), ("ffn_gate", (ff, hidden)), ("ffn_up", (ff, hidden)),
-                        ("ffn_down", (hidden, ff)), ("attn_norm", (hidden,)), ("ffn_norm", (hidden,))]:
+    for name, shape in [
+        ("attn_q", (hidden, hidden)),
+        ("attn_k", (hidden, hidden)),
+        ("attn_v", (hidden, hidden)),
+        ("attn_output", (hidden, hidden)),
+        ("ffn_gate", (ff, hidden)),
+        ("ffn_up", (ff, hidden)),
+        ("ffn_down", (hidden, ff)),
+        ("attn_norm", (hidden,)),
+        ("ffn_norm", (hidden,)),
+    ]:
         shapes[f"blk.0.{name}.weight"] = shape
     for name, shape in shapes.items():
         writer.add_tensor(name, rng.normal(0, 0.5, size=shape).astype(np.float32))

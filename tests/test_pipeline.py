@@ -6,8 +6,8 @@ import math
 import pytest
 
 from riselm.config import ConfigError, load_config
-from riselm.demo import demo_config, init_model, prepare_demo
-from riselm.pipeline import run_pipeline
+from riselm.run.demo import demo_config, init_model, prepare_demo
+from riselm.run.pipeline import run_pipeline
 
 TINY = [
     "task.train_limit=6",
@@ -81,8 +81,9 @@ def test_each_stage_trains_the_model_the_next_one_uses(finished_run):
     from transformers import AutoModelForCausalLM
 
     out, cfg, stages = finished_run
-    init, boost, iter1 = (AutoModelForCausalLM.from_pretrained(p).state_dict()
-                          for p in (cfg.model, out / "boost/train/final", out / "iter1/train/final"))
+    init, boost, iter1 = (
+        AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (cfg.model, out / "boost/train/final", out / "iter1/train/final")
+    )
     assert max((boost[k] - init[k]).abs().max() for k in init) > 1e-4  # the boost trained
     assert max((iter1[k] - boost[k]).abs().max() for k in init) > 1e-6  # iteration 1 trained on from the boost
     assert [s.model for s in stages] == [str(out / "boost/train/final"), str(out / "iter1/train/final")]
@@ -119,8 +120,8 @@ def test_unknown_task_fails_before_any_work(tmp_path):
 @pytest.mark.parametrize("method", ["rise", "rise_success", "filtered_sft", "single_turn_rwr"])
 def test_each_method_builds_the_samples_it_claims(tmp_path, method):
     from riselm.jsonl import write_jsonl
-    from riselm.pipeline import Run, build_samples
     from riselm.rollout.episode import Episode, Turn
+    from riselm.run.pipeline import Run, build_samples
     from riselm.settings import RunSettings
     from tests.toy import ToyTask
 
@@ -149,7 +150,10 @@ def test_single_turn_methods_collect_several_first_turns_a_problem(tmp_path):
     from riselm.rollout.episode import read_episodes
 
     overrides = [o for o in TINY if not o.startswith("boost.")] + [
-        "method=single_turn_rwr", "boost.enabled=false", "collect.episodes_per_problem=3", "collect.max_turns=4",
+        "method=single_turn_rwr",
+        "boost.enabled=false",
+        "collect.episodes_per_problem=3",
+        "collect.max_turns=4",
     ]
     cfg = prepare_demo(tmp_path, overrides)
     stages = run_pipeline(cfg, show_progress=False)
@@ -168,10 +172,14 @@ def test_a_dead_expert_server_is_named_before_any_work(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = prepare_demo(tmp_path, TINY + [
-        f"experts={{teacher: {{backend: openai, model: big, base_url: 'http://127.0.0.1:{port}/v1'}}}}",
-        "collect.schedule=[{model: learner, n: 1}, {model: teacher, n: 2}]",
-    ])
+    cfg = prepare_demo(
+        tmp_path,
+        TINY
+        + [
+            f"experts={{teacher: {{backend: openai, model: big, base_url: 'http://127.0.0.1:{port}/v1'}}}}",
+            "collect.schedule=[{model: learner, n: 1}, {model: teacher, n: 2}]",
+        ],
+    )
     started = time.perf_counter()
     with pytest.raises(BackendUnavailable, match=rf"127.0.0.1:{port}.*'big'"):
         run_pipeline(cfg, show_progress=False)
@@ -186,7 +194,7 @@ def recorded_iterations(tmp_path, monkeypatch):
     the long limit leaves every episode a finished turn or two (the same ones every run: seeded)."""
     import shutil
 
-    import riselm.pipeline as pipeline
+    import riselm.run.pipeline as pipeline
 
     calls = []
 

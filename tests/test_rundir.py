@@ -49,8 +49,23 @@ def test_first_difference_names_the_dotted_key():
     assert first_difference({"a": 1}, {"a": 1, "z": 5}) == ("z", None, 5)
 
 
-EVAL = ["eval", "--task", "arithmetic", "--limit", 2, "--turns", 2, "--parallel", 0, "--max-new-tokens", 4,
-        "--task-option", "test_size=5", "--task-option", "train_size=5"]
+EVAL = [
+    "eval",
+    "--task",
+    "arithmetic",
+    "--limit",
+    2,
+    "--turns",
+    2,
+    "--parallel",
+    0,
+    "--max-new-tokens",
+    4,
+    "--task-option",
+    "test_size=5",
+    "--task-option",
+    "train_size=5",
+]
 
 
 def test_eval_resumes_only_its_own_work(tmp_path, tiny_model_dir):
@@ -75,7 +90,9 @@ def test_train_into_a_directory_of_other_data_stops(tmp_path, tiny_model_dir):
     from riselm.rollout.episode import Episode, Turn
 
     for name, answer in (("a", "4"), ("b", "5")):
-        write_jsonl(tmp_path / f"{name}.jsonl", [Episode("p", "toy", "collect", "2+2?", [Turn(f"\\boxed{{{answer}}}", answer, 1.0)]).to_dict()])
+        write_jsonl(
+            tmp_path / f"{name}.jsonl", [Episode("p", "toy", "collect", "2+2?", [Turn(f"\\boxed{{{answer}}}", answer, 1.0)]).to_dict()]
+        )
     args = ["--model", tiny_model_dir, "--out", tmp_path / "t", "--set", "max_steps=1", "--set", "save_steps=1"]
     assert invoke("train", tmp_path / "a.jsonl", *args).exit_code == 0
     final = (tmp_path / "t" / "final" / "model.safetensors").read_bytes()
@@ -85,8 +102,25 @@ def test_train_into_a_directory_of_other_data_stops(tmp_path, tiny_model_dir):
 
 
 def test_collect_into_a_directory_of_another_schedule_stops(tmp_path, tiny_model_dir):
-    args = ["collect", "--model", tiny_model_dir, "--task", "arithmetic", "--limit", 2, "--max-turns", 2, "--max-new-tokens", 4,
-            "--task-option", "train_size=5", "--task-option", "test_size=5", "--out", tmp_path / "c"]
+    args = [
+        "collect",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "arithmetic",
+        "--limit",
+        2,
+        "--max-turns",
+        2,
+        "--max-new-tokens",
+        4,
+        "--task-option",
+        "train_size=5",
+        "--task-option",
+        "test_size=5",
+        "--out",
+        tmp_path / "c",
+    ]
     assert invoke(*args, "--schedule", "learner:1,learner:2").exit_code == 0
     one_error(invoke(*args, "--schedule", "learner:1,learner:3"), "settings.schedule")
 
@@ -95,11 +129,11 @@ def test_run_into_a_finished_run_of_another_task_stops(tmp_path, tiny_model_dir)
     config = tmp_path / "run.yaml"
     config.write_text(f"out: {tmp_path / 'run'}\nmodel: {tiny_model_dir}\ntask: {{name: arithmetic}}\n")
     from riselm.config import load_config
-    from riselm.pipeline import run_identity
+    from riselm.run.pipeline import run_identity
 
     claim(tmp_path / "run", run_identity(load_config(config)))
     (tmp_path / "run" / "summary.json").write_text("{}")
-    one_error(invoke("run", config, "task.name=gsm8k"), "task.name=\"arithmetic\"", "task.name=\"gsm8k\"")
+    one_error(invoke("run", config, "task.name=gsm8k"), 'task.name="arithmetic"', 'task.name="gsm8k"')
     assert (tmp_path / "run" / "summary.json").read_text() == "{}"
     # settings that only change the speed may differ, and more iterations extend the run
     settings = load_config(config, ["threads=1", "learner.batch_size=7", "iterations=5", "distributed.processes=1"])
@@ -107,7 +141,7 @@ def test_run_into_a_finished_run_of_another_task_stops(tmp_path, tiny_model_dir)
 
 
 def test_the_demo_claims_its_directory_before_writing_its_model(tmp_path):
-    from riselm.demo import prepare_demo
+    from riselm.run.demo import prepare_demo
 
     prepare_demo(tmp_path / "d", ["iterations=1"])
     assert (tmp_path / "d" / IDENTITY_FILE).exists() and (tmp_path / "d" / "init" / "config.json").exists()

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from riselm.analysis.runs import RunDir
-from riselm.rundir import EPISODES_FILE, ONLINE_PREFIX, TRAIN_CONFIG
 from riselm.jsonl import DataError, iter_jsonl
 from riselm.rollout.episode import read_episodes
+from riselm.rundir import EPISODES_FILE, ONLINE_PREFIX, TRAIN_CONFIG
 
 logger = logging.getLogger(__name__)
 

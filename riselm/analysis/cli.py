@@ -2,16 +2,16 @@
 
 `register(app)` adds them to the `riselm` Typer app. Each command parses its options and calls one
 library function of riselm.analysis; user errors (missing files, bad rows, unknown stages or tasks)
-are one line and exit code 2 through riselm.cli's `_run` and `_fail`, imported when a command runs,
-since riselm.cli imports this module while it is itself being imported.
+are one line and exit code 2 through riselm.commandline.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
+
+from riselm.commandline import fail, options, run, settings_of
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -24,16 +24,9 @@ STAGE_HELP = "Only this stage (repeatable; default: every stage with a saved mod
 TASK_OPTION_HELP = "Task option KEY=VALUE, repeatable (e.g. digits=3 for arithmetic)."
 
 
-def _cli():
-    """riselm.cli, for `_run`, `_fail`, `_options` and `_settings` (imported late: it imports us)."""
-    import importlib
-
-    return importlib.import_module("riselm.cli")
-
-
-def _threads(threads: Optional[int]) -> None:
+def _threads(threads: int | None) -> None:
     if threads:
-        from riselm.pipeline import set_cpu_threads
+        from riselm.run.pipeline import set_cpu_threads
 
         set_cpu_threads(threads)
 
@@ -52,7 +45,7 @@ def compare_command(
     """The paper's Table 1 across runs (m1@t1, mP@t1, m1@tK, p1@tK) with each row's budget: compare.md/json/png."""
     from riselm.analysis.compare import compare_runs
 
-    _cli()._run(compare_runs, run_dirs, out, all_stages=all_stages, count_tokens=count_tokens)
+    run(compare_runs, run_dirs, out, all_stages=all_stages, count_tokens=count_tokens)
     _done(out, "compare.md")
 
 
@@ -64,7 +57,7 @@ def transitions_command(
     """Right/wrong transitions from turn k-1 to turn k, as counts and shares: transitions.md/json/png."""
     from riselm.analysis.transitions import transitions_of_file
 
-    _cli()._run(transitions_of_file, episodes, out)
+    run(transitions_of_file, episodes, out)
     _done(out, "transitions.md")
 
 
@@ -73,12 +66,12 @@ def fixes_command(
     parallel: Path = typer.Argument(..., help="The earlier stage's parallel episodes (P first-turn samples per problem)."),
     sequential: Path = typer.Argument(..., help="The later stage's sequential episodes (K turns per problem)."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    turns: Optional[int] = typer.Option(None, min=1, help="Count only the later model's first K turns (default: all)."),
+    turns: int | None = typer.Option(None, min=1, help="Count only the later model's first K turns (default: all)."),
 ) -> None:
     """Fig. 2: of the problems all B first-turn samples miss, the share the later model solves over turns."""
     from riselm.analysis.fixes import fixes_of_files
 
-    _cli()._run(fixes_of_files, parallel, sequential, out, turns=turns)
+    run(fixes_of_files, parallel, sequential, out, turns=turns)
     _done(out, "fixes.md")
 
 
@@ -87,27 +80,39 @@ def nll_command(
     run_dir: Path = typer.Argument(..., help="A run directory (with summary.json)."),
     task: str = typer.Option(..., "--task", "-t", help="The task whose gold solutions are scored."),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP),
-    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N problems."),
-    split: Optional[str] = typer.Option(None, help="Task split (default: its test split)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N problems."),
+    split: str | None = typer.Option(None, help="Task split (default: its test split)."),
     task_option: list[str] = typer.Option([], "--task-option", help=TASK_OPTION_HELP),
     stage: list[str] = typer.Option([], "--stage", help=STAGE_HELP),
-    attempts: str = typer.Option("own", help="Wrong attempt in the multi-turn context: 'own' (the stage's, else corrupted gold) or 'corrupted'."),
+    attempts: str = typer.Option(
+        "own", help="Wrong attempt in the multi-turn context: 'own' (the stage's, else corrupted gold) or 'corrupted'."
+    ),
     batch_size: int = typer.Option(16, min=1, help="Conversations scored together."),
     max_length: int = typer.Option(2048, min=2, help="Tokens per conversation (longer contexts are cut from the left)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, … (default: cuda when available)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads."),
+    device: str | None = typer.Option(None, help="cpu, cuda, … (default: cuda when available)."),
+    threads: int | None = typer.Option(None, min=1, help="Torch CPU threads."),
     seed: int = typer.Option(0, help="Seeds the choice of wrong attempts."),
 ) -> None:
     """Rebuttal Fig. 1: mean NLL per token of the gold solution, directly and after a wrong attempt, per checkpoint."""
     from riselm.analysis.nll import nll_of_run
 
-    cli = _cli()
     if attempts not in ("own", "corrupted"):
-        cli._fail(f"--attempts: expected 'own' or 'corrupted', got {attempts!r}")
+        fail(f"--attempts: expected 'own' or 'corrupted', got {attempts!r}")
     _threads(threads)
-    cli._run(
-        nll_of_run, run_dir, task, cli._options(task_option), out, stages=stage or None, split=split, limit=limit,
-        attempts=attempts, batch_size=batch_size, max_length=max_length, device=device, seed=seed,
+    run(
+        nll_of_run,
+        run_dir,
+        task,
+        options(task_option),
+        out,
+        stages=stage or None,
+        split=split,
+        limit=limit,
+        attempts=attempts,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        seed=seed,
     )
     _done(out, "nll.md")
 
@@ -117,18 +122,18 @@ def transfer_command(
     run_dir: Path = typer.Argument(..., help="A run directory (with summary.json and config.yaml)."),
     task: list[str] = typer.Option(..., "--task", "-t", help="NAME or NAME:KEY=VALUE,… (e.g. arithmetic:digits=2), repeatable."),
     out: Path = typer.Option(..., "--out", "-o", help="Evaluations go to OUT/<stage>/<task>/ (re-running resumes); tables to OUT."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N problems of each task."),
-    split: Optional[str] = typer.Option(None, help="Task split (default: each task's test split)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N problems of each task."),
+    split: str | None = typer.Option(None, help="Task split (default: each task's test split)."),
     task_option: list[str] = typer.Option([], "--task-option", help="Option KEY=VALUE for every task, repeatable."),
     stage: list[str] = typer.Option([], "--stage", help=STAGE_HELP),
-    turns: Optional[int] = typer.Option(None, help="Sequential turns K (default: the run's)."),
-    parallel: Optional[int] = typer.Option(None, help="Parallel samples (default: the run's; 0: none)."),
-    window: Optional[int] = typer.Option(None, help="Context window in attempts (default: the run's)."),
-    temperature: Optional[float] = typer.Option(None, help="Sampling temperature (default: the run's)."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Tokens per response (default: the run's)."),
-    batch_size: Optional[int] = typer.Option(None, help="HF backend: sequences generated together (default: the run's)."),
-    seed: Optional[int] = typer.Option(None, help="The seed of the conversations (default: the run's)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="Torch CPU threads."),
+    turns: int | None = typer.Option(None, help="Sequential turns K (default: the run's)."),
+    parallel: int | None = typer.Option(None, help="Parallel samples (default: the run's; 0: none)."),
+    window: int | None = typer.Option(None, help="Context window in attempts (default: the run's)."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature (default: the run's)."),
+    max_new_tokens: int | None = typer.Option(None, help="Tokens per response (default: the run's)."),
+    batch_size: int | None = typer.Option(None, help="HF backend: sequences generated together (default: the run's)."),
+    seed: int | None = typer.Option(None, help="The seed of the conversations (default: the run's)."),
+    threads: int | None = typer.Option(None, min=1, help="Torch CPU threads."),
 ) -> None:
     """Table 2: every stage model evaluated on other tasks, m1@t1 / mP@t1 / m1@tK / p1@tK per stage and task."""
     from riselm.analysis.runs import read_run
@@ -139,20 +144,28 @@ def transfer_command(
     )
     from riselm.settings import EvalSettings, GeneratorSettings
 
-    cli = _cli()
-    run = cli._run(read_run, run_dir)
-    settings = cli._run(run_eval_settings, run).model_dump()
+    finished = run(read_run, run_dir)
+    settings = run(run_eval_settings, finished).model_dump()
     given = {"turns": turns, "parallel_samples": parallel, "window": window}
     settings.update({k: v for k, v in given.items() if v is not None})
     sampling = {"temperature": temperature, "max_new_tokens": max_new_tokens}
     settings["sampling"] = {**settings["sampling"], **{k: v for k, v in sampling.items() if v is not None}}
-    generator = cli._run(run_generator_settings, run).model_dump()
+    generator = run(run_generator_settings, finished).model_dump()
     if batch_size is not None:
         generator["batch_size"] = batch_size
     _threads(threads)
-    cli._run(
-        transfer, run_dir, task, out, cli._settings(EvalSettings, settings), cli._settings(GeneratorSettings, generator),
-        stages=stage or None, split=split, limit=limit, seed=seed, task_options=cli._options(task_option),
+    run(
+        transfer,
+        run_dir,
+        task,
+        out,
+        settings_of(EvalSettings, settings),
+        settings_of(GeneratorSettings, generator),
+        stages=stage or None,
+        split=split,
+        limit=limit,
+        seed=seed,
+        task_options=options(task_option),
     )
     _done(out, "transfer.md")
 

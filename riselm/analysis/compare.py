@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from riselm.analysis.budget import (
     BUDGET_FILE,
@@ -19,9 +20,9 @@ from riselm.analysis.budget import (
     read_budget_file,
     run_budgets,
 )
-from riselm.analysis.render import markdown_table, pyplot, save_figure
 from riselm.analysis.runs import RunDir, read_run
 from riselm.files import write_json, write_text_atomic
+from riselm.tables import markdown_table, pyplot, save_figure
 
 _COLUMN_KINDS = [  # Table 1's column kinds, in the order they are shown
     re.compile(r"m1@t1$"),
@@ -84,18 +85,20 @@ def _run_rows(run: RunDir, label: str, columns: list[str], all_stages: bool, cou
     rows = []
     for i in chosen:
         stage = run.stages[i]
-        rows.append({
-            "run": label,
-            "run_dir": str(run.path),
-            "stage": stage["name"],
-            "model": stage.get("model"),
-            "metrics": {key: stage.get(key) if key in run.keys else None for key in columns},
-            "parallel": _parallel_key(run.keys, stage),
-            **{curve: stage.get(curve, []) for curve in ("acc@tk", "p1@tk", "m1@tk")},
-            "budget": spent[i].values(),  # cumulative, from the start of the run
-            "stage_budget": own[i].values(),  # this stage alone
-            "budget_sources": {**own[i].sources, **spent[i].sources},
-        })
+        rows.append(
+            {
+                "run": label,
+                "run_dir": str(run.path),
+                "stage": stage["name"],
+                "model": stage.get("model"),
+                "metrics": {key: stage.get(key) if key in run.keys else None for key in columns},
+                "parallel": _parallel_key(run.keys, stage),
+                **{curve: stage.get(curve, []) for curve in ("acc@tk", "p1@tk", "m1@tk")},
+                "budget": spent[i].values(),  # cumulative, from the start of the run
+                "stage_budget": own[i].values(),  # this stage alone
+                "budget_sources": {**own[i].sources, **spent[i].sources},
+            }
+        )
     return rows
 
 

@@ -10,15 +10,16 @@ turns (m1@tK, no oracle). Problems are matched by id, and a shared id must hold 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from riselm.analysis.render import markdown_table, pct, pyplot, save_figure
 from riselm.evaluation.metrics import AnswerKey, majority_correct
 from riselm.files import write_json, write_text_atomic
 from riselm.jsonl import DataError
 from riselm.rollout.episode import Episode, Turn, read_episodes
+from riselm.tables import markdown_table, pct, pyplot, save_figure
 
 SameAnswer = Callable[[str, str], bool]
 
@@ -44,7 +45,10 @@ class FixesResult:
 
 
 def fixes(
-    parallel: Sequence[Episode], sequential: Sequence[Episode], same: SameAnswer, turns: int | None = None,
+    parallel: Sequence[Episode],
+    sequential: Sequence[Episode],
+    same: SameAnswer,
+    turns: int | None = None,
     key: AnswerKey | None = None,
 ) -> FixesResult:
     """The Fig. 2 table from episodes (parallel: one-turn samples sharing a problem id); `key` is the
@@ -60,13 +64,15 @@ def fixes(
     for b in range(1, size + 1):
         unsolved = [pid for pid in common if not any(t.correct for t in samples[pid][:b])]
         answered = [later[pid].turns[:k] for pid in unsolved]
-        rows.append(FixRow(
-            samples=b,
-            unsolved=len(unsolved),
-            first_turn=pct(sum(bool(t) and t[0].correct for t in answered), len(unsolved)),
-            p1=pct(sum(any(x.correct for x in t) for t in answered), len(unsolved)),
-            m1=pct(sum(bool(t) and majority_correct(t, same, key) for t in answered), len(unsolved)),
-        ))
+        rows.append(
+            FixRow(
+                samples=b,
+                unsolved=len(unsolved),
+                first_turn=pct(sum(bool(t) and t[0].correct for t in answered), len(unsolved)),
+                p1=pct(sum(any(x.correct for x in t) for t in answered), len(unsolved)),
+                m1=pct(sum(bool(t) and majority_correct(t, same, key) for t in answered), len(unsolved)),
+            )
+        )
     return FixesResult(rows=rows, problems=len(common), turns=k, parallel_only=len(samples) - len(common))
 
 
@@ -108,7 +114,9 @@ def fixes_of_files(
             "",
             f"Earlier stage (parallel): {parallel_path}  ",
             f"Later stage (sequential): {sequential_path}  ",
-            f"{result.problems} problems in both files" + (f" ({result.parallel_only} parallel-only left out)" if result.parallel_only else "") + ".",
+            f"{result.problems} problems in both files"
+            + (f" ({result.parallel_only} parallel-only left out)" if result.parallel_only else "")
+            + ".",
             "",
             fixes_table(result),
             "",
@@ -155,7 +163,11 @@ def plot_fixes(result: FixesResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     bs = [r.samples for r in result.rows]
     k = result.turns
-    for attr, style, label in [("p1", "s:", f"p1@t{k} (oracle)"), ("m1", "o-", f"m1@t{k} (no oracle)"), ("first_turn", "^--", "turn 1 alone")]:
+    for attr, style, label in [
+        ("p1", "s:", f"p1@t{k} (oracle)"),
+        ("m1", "o-", f"m1@t{k} (no oracle)"),
+        ("first_turn", "^--", "turn 1 alone"),
+    ]:
         ax.plot(bs, [getattr(r, attr) for r in result.rows], style, label=label)
     ax.set_xticks(bs)
     ax.set_xlabel("B: first-turn samples of the earlier model, all wrong")

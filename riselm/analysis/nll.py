@@ -15,16 +15,17 @@ trained span of riselm.training.tokenize.tokenize_sample: the solution and its e
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
-from riselm.analysis.render import markdown_table, pyplot, save_figure
 from riselm.analysis.runs import RunDir, models_of, read_run
-from riselm.generation.base import Conversation
 from riselm.files import write_json, write_text_atomic
+from riselm.generation.base import Conversation
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.rundir import SEQUENTIAL_FILE
+from riselm.tables import markdown_table, pyplot, save_figure
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
 
@@ -79,8 +80,15 @@ def nll_of_run(
 
 
 def stage_nll(
-    stage: str, model: str, task: Task, problems: Sequence[Problem], own: Sequence[Episode],
-    batch_size: int = 16, max_length: int = 2048, device: str | None = None, seed: int = 0,
+    stage: str,
+    model: str,
+    task: Task,
+    problems: Sequence[Problem],
+    own: Sequence[Episode],
+    batch_size: int = 16,
+    max_length: int = 2048,
+    device: str | None = None,
+    seed: int = 0,
 ) -> NllRow:
     """One checkpoint's row: load it, build both kinds of conversations, score the gold solutions."""
     from riselm.models import load_model_and_tokenizer
@@ -137,7 +145,9 @@ def gold_nll(model, tokenizer, convs: Sequence[Conversation], max_length: int = 
 
     rows = [r for r in (tokenize_sample(tokenizer, c, max_length) for c in convs) if r is not None]
     if len(rows) < len(convs):
-        logger.warning("nll: %d of %d conversations do not fit max_length=%d and are left out", len(convs) - len(rows), len(convs), max_length)
+        logger.warning(
+            "nll: %d of %d conversations do not fit max_length=%d and are left out", len(convs) - len(rows), len(convs), max_length
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total, count = summed_nll(model, rows, batch_size, pad_id)
     return (round(total / count, 6) if count else None), count
@@ -181,7 +191,11 @@ def nll_table(rows: Sequence[NllRow]) -> str:
 
 
 def write_nll(result: dict[str, Any], rows: Sequence[NllRow], out: Path) -> None:
-    source = "the stage's own wrong answers where it has one, else the corrupted gold solution" if result["attempts"] == "own" else "the corrupted gold solution"
+    source = (
+        "the stage's own wrong answers where it has one, else the corrupted gold solution"
+        if result["attempts"] == "own"
+        else "the corrupted gold solution"
+    )
     text = [
         f"# NLL of the gold solution per token: {result['run_dir']} on {result['task']}",
         "",

@@ -20,7 +20,6 @@ from riselm.rundir import ONLINE_PREFIX, RunLayout
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class RunDir:
     path: Path  # the run directory

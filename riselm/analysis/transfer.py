@@ -13,14 +13,15 @@ A task is given as NAME or NAME:KEY=VALUE,KEY=VALUE (values read as YAML), e.g. 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from riselm.analysis.render import markdown_table, pyplot, save_figure
 from riselm.analysis.runs import RunDir, models_of, read_run
 from riselm.files import write_json, write_text_atomic
 from riselm.settings import EvalSettings, GeneratorSettings
+from riselm.tables import markdown_table, pyplot, save_figure
 from riselm.tasks.base import Task
 
 
@@ -94,8 +95,14 @@ def transfer(
         with Learner(generator) as learner:  # builds the model only when something is left to generate
             for label, task in built.items():
                 result = evaluate(
-                    task, learner.at(model), out / stage / label, settings, problems=problems[label], seed=seed,
-                    show_progress=show_progress, title=f"{stage} on {label}",
+                    task,
+                    learner.at(model),
+                    out / stage / label,
+                    settings,
+                    problems=problems[label],
+                    seed=seed,
+                    show_progress=show_progress,
+                    title=f"{stage} on {label}",
                 )
                 rows.append(transfer_row(stage, label, model, result.sequential, result.parallel))
     summary = {"run_dir": str(run.path), "settings": settings.model_dump(), "seed": seed, "rows": rows}

@@ -8,15 +8,16 @@ broken. RISE should fix more than it breaks at every turn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from riselm.analysis.render import markdown_table, pct, pyplot, save_figure
-from riselm.rundir import RunLayout
 from riselm.files import write_json, write_text_atomic
 from riselm.jsonl import DataError
 from riselm.rollout.episode import Episode, read_episodes
+from riselm.rundir import RunLayout
+from riselm.tables import markdown_table, pct, pyplot, save_figure
 
 KINDS = ("right_right", "right_wrong", "wrong_right", "wrong_wrong")
 _LABELS = {"right_right": "right→right", "right_wrong": "right→wrong", "wrong_right": "wrong→right", "wrong_wrong": "wrong→wrong"}

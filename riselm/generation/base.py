@@ -83,7 +83,7 @@ class Generator(Protocol):
     connections; it is safe to call twice, and a closed generator does not generate any more.
     """
 
-    stats: "GenerationStats"
+    stats: GenerationStats
 
     @property
     def name(self) -> str: ...  # read-only: a backend may hold it as an attribute or compute it
@@ -157,9 +157,7 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def record(
-        self, prompts: int, results: Sequence[Sequence[Completion]], seconds: float, generated_tokens: int | None = None
-    ) -> None:
+    def record(self, prompts: int, results: Sequence[Sequence[Completion]], seconds: float, generated_tokens: int | None = None) -> None:
         """Count one `generate` call: its prompts, completions, seconds and generated tokens (by default
         the completions' own `num_tokens`; a backend that knows better passes its count)."""
         self.calls += 1

@@ -21,10 +21,10 @@ never touches the global generator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, cast
 
 import torch
@@ -125,7 +125,7 @@ def cache_argument(model) -> str:
     return _cache_argument_of(type(base).forward)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cache_argument_of(forward: Callable[..., Any]) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
@@ -270,8 +270,12 @@ def sample_batch(
         for i, prompt in enumerate(prompts):
             input_ids[i, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
         logits = model(
-            input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True,
-            logits_to_keep=1, **{cache_name: cache},
+            input_ids=input_ids.to(device),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_name: cache},
         ).logits[:, -1]
     # Every copy of a prompt starts from the same prefill: copy its cache rows instead of recomputing them.
     owner = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(list(copies), device=device))
@@ -336,7 +340,7 @@ def _prefill_by_length(model, prompts: Sequence[Sequence[int]], cache: Cache, wi
     for i, prompt in enumerate(prompts):
         by_length.setdefault(len(prompt), []).append(i)
     logits = None
-    for length, rows in by_length.items():
+    for rows in by_length.values():
         group = DynamicCache()
         ids = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{cache_argument(model): group}).logits[:, -1]

@@ -133,9 +133,7 @@ class HFGenerator:
         return self.model
 
     def _prompt_ids(self, index: int, conversation: Conversation, params: SamplingParams) -> list[int]:
-        ids = list(
-            self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
-        )
+        ids = list(self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False))
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and len(ids) + params.max_new_tokens > limit:
             # Absolute position embeddings (GPT-2) would fail with an index error deep inside the model.
@@ -182,8 +180,16 @@ class HFGenerator:
         generated, logprobs = cast(
             "tuple[list[list[int]], list[list[float]] | None]",  # what sample_batch returns with return_logprobs=True
             sample_batch(
-                self._model(), prompts, copies, params.max_new_tokens, sampling, self.eos_token_ids, self.pad_token_id, stop,
-                row_keys=keys or None, return_logprobs=True,
+                self._model(),
+                prompts,
+                copies,
+                params.max_new_tokens,
+                sampling,
+                self.eos_token_ids,
+                self.pad_token_id,
+                stop,
+                row_keys=keys or None,
+                return_logprobs=True,
             ),
         )
         prompt_ids = {row.prompt: tuple(row.prompt_ids) for row in batch}
@@ -207,7 +213,11 @@ class HFGenerator:
             num_tokens = self._tokens_until_stop(tokens[:num_tokens], params.stop)
             finish_reason = "stop"
         return Completion(
-            text=text, num_tokens=num_tokens, finish_reason=finish_reason, token_ids=tuple(tokens[:num_tokens]), prompt_ids=prompt_ids,
+            text=text,
+            num_tokens=num_tokens,
+            finish_reason=finish_reason,
+            token_ids=tuple(tokens[:num_tokens]),
+            prompt_ids=prompt_ids,
             logprobs=None if logprobs is None else tuple(logprobs[:num_tokens]),
         )
 

@@ -119,11 +119,7 @@ class OpenAIGenerator:
             short = [i for i, completions in enumerate(results) if len(completions) < params.n]
             if short:  # the server ignored n: ask for each missing sample on its own
                 self._n_supported = False
-                missing = [
-                    request
-                    for i in short
-                    for request in self._single_sample_requests([i], params, seeds, have=len(results[i]))
-                ]
+                missing = [request for i in short for request in self._single_sample_requests([i], params, seeds, have=len(results[i]))]
                 self._run(pool, abort, missing, conversations, params, results)
         except BaseException:
             # Raise now rather than after the requests in flight: they see `abort` and stop at the end
@@ -157,8 +153,10 @@ class OpenAIGenerator:
 
         def failed(reason: str) -> BackendUnavailable:
             return BackendUnavailable(
-                one_line(f"the server at {self.base_url} failed the check for model {self.model!r}: {reason} "
-                         f"(checked in {time.monotonic() - started:.1f} s, timeout_s={timeout_s:g})")
+                one_line(
+                    f"the server at {self.base_url} failed the check for model {self.model!r}: {reason} "
+                    f"(checked in {time.monotonic() - started:.1f} s, timeout_s={timeout_s:g})"
+                )
             )
 
         def time_left() -> float:
@@ -229,9 +227,7 @@ class OpenAIGenerator:
         for request, future in zip(requests, futures):
             results[request.conversation].extend(future.result())
 
-    def _complete(
-        self, conversation: Conversation, request: _Request, params: SamplingParams, abort: threading.Event
-    ) -> list[Completion]:
+    def _complete(self, conversation: Conversation, request: _Request, params: SamplingParams, abort: threading.Event) -> list[Completion]:
         options: dict[str, Any] = dict(n=request.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens)
         if request.seed is not None:  # left out rather than sent as null, which some servers reject
             options["seed"] = request.seed

@@ -116,8 +116,10 @@ def with_retries(
                 raise Aborted() from last_error
             continue
         raise BackendUnavailable(
-            one_line(f"the server at {server} {record.what_happened(last_error)}; gave up after "
-                     f"{attempts} attempt{'s' * (attempts != 1)} in {time.monotonic() - started:.1f} s ({limit})")
+            one_line(
+                f"the server at {server} {record.what_happened(last_error)}; gave up after "
+                f"{attempts} attempt{'s' * (attempts != 1)} in {time.monotonic() - started:.1f} s ({limit})"
+            )
         ) from last_error
 
 

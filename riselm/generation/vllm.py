@@ -142,7 +142,9 @@ class VLLMGenerator:
         # conversation gets n empty "length" completions instead, like a model that ran out of context.
         runnable = [i for i, prompt in enumerate(prompts) if len(prompt) < self.max_model_len]
         if len(runnable) < len(prompts):
-            logger.warning("%d prompt(s) reach max_model_len=%d; they get empty completions", len(prompts) - len(runnable), self.max_model_len)
+            logger.warning(
+                "%d prompt(s) reach max_model_len=%d; they get empty completions", len(prompts) - len(runnable), self.max_model_len
+            )
         requests = [{"prompt_token_ids": prompts[i]} for i in runnable]
         sampling = [self._sampling_params(params, None if seeds is None else seeds[i]) for i in runnable]
         try:
@@ -323,7 +325,11 @@ def _completion(sample, prompt_ids: tuple[int, ...], logprobs: bool = False) -> 
     finish_reason = "length" if sample.finish_reason == "length" else "stop"
     token_ids = tuple(sample.token_ids)  # as sampled: the eos or stop-string token included
     return Completion(
-        text=sample.text, num_tokens=len(token_ids), finish_reason=finish_reason, token_ids=token_ids, prompt_ids=prompt_ids,
+        text=sample.text,
+        num_tokens=len(token_ids),
+        finish_reason=finish_reason,
+        token_ids=token_ids,
+        prompt_ids=prompt_ids,
         logprobs=_sampled_logprobs(sample, token_ids) if logprobs else None,
     )
 
@@ -333,4 +339,3 @@ def _sampled_logprobs(sample, token_ids: tuple[int, ...]) -> tuple[float, ...]:
     if sample.logprobs is None or len(sample.logprobs) != len(token_ids):
         raise RuntimeError(f"vLLM returned {0 if sample.logprobs is None else len(sample.logprobs)} log-probs for {len(token_ids)} tokens")
     return tuple(float(sample.logprobs[i][token].logprob) for i, token in enumerate(token_ids))
-

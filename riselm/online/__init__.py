@@ -1,6 +1,8 @@
-"""Online multi-turn RL ("method: online"): per-turn credit (`credit`) and token-level losses (`loss`).
+"""Online multi-turn RL's mathematics ("method: online"): per-turn credit (`credit`), batches of
+credited actions (`batch`), token-level losses (`loss`) and the policy update (`update`). The stage
+that rolls out, updates, saves and evaluates is riselm.run.online.
 
-Both modules are pure and model-free: `credit` turns the rewards of G rolled-out episodes per problem
+`credit` and `loss` are pure and model-free: `credit` turns the rewards of G rolled-out episodes per problem
 into one advantage per turn (leave-one-out baseline per turn index, unbiased whatever the number of
 turns of each episode); `loss` turns per-turn advantages into a loss over each turn's action tokens
 (PPO-style clipped policy gradient, or advantage-weighted regression, the online form of RISE's

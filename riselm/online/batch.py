@@ -20,8 +20,8 @@ gradient's importance ratios are taken against them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -132,6 +132,10 @@ def collate(rows: Sequence[ActionRow], pad_id: int, device: torch.device | str =
             old[i, p : p + a] = torch.tensor(row.logprobs, dtype=torch.float32)
     advantages = torch.tensor([r.advantage for r in rows], dtype=torch.float32)
     return RowBatch(
-        input_ids.to(device), attention.to(device), action.to(device), turn_ids.to(device), advantages.to(device),
+        input_ids.to(device),
+        attention.to(device),
+        action.to(device),
+        turn_ids.to(device),
+        advantages.to(device),
         old.to(device) if known else None,
     )

@@ -90,9 +90,7 @@ class _SelectedLogProb(torch.autograd.Function):
         return grad, None, None, None
 
 
-def token_logprobs(
-    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None
-) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
     """Log-probability of each token given the previous ones: [B, L] float32 (float64 for float64 logits).
 
     logits [B, L, V] (position l predicts token l+1), input_ids [B, L]. Position 0 has no prediction
@@ -195,9 +193,7 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, action_mask: torch
     return torch.exp(d) - d - 1
 
 
-def kl_penalty(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, old_logprobs: torch.Tensor, action_mask: torch.Tensor
-) -> torch.Tensor:
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, old_logprobs: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
     """Per-token penalty whose expected gradient is that of KL(π‖π_ref): sg(π/μ)·½(log π − log π_ref)².
 
     The tokens were sampled from μ (`old_logprobs`, the sampler). With d = log π − log π_ref,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -148,14 +148,26 @@ class PolicyUpdater:
             assert batch.old_logprobs is not None  # update() checked that every pg row has the sampler's log-probs
             advantages = per_token_advantages(batch.advantages, batch.turn_ids)
             loss, pg_stats = policy_loss(
-                logprobs, batch.old_logprobs, advantages, batch.action_mask,
-                clip_eps=s.clip_eps, ref_logprobs=ref_lp, kl_coef=s.kl_coef if ref_lp is not None else 0.0,
-                reduction=s.reduction, turn_ids=batch.turn_ids, normalizer=normalizer,
+                logprobs,
+                batch.old_logprobs,
+                advantages,
+                batch.action_mask,
+                clip_eps=s.clip_eps,
+                ref_logprobs=ref_lp,
+                kl_coef=s.kl_coef if ref_lp is not None else 0.0,
+                reduction=s.reduction,
+                turn_ids=batch.turn_ids,
+                normalizer=normalizer,
             )
         else:
             loss, _ = awr_loss(
-                logprobs, batch.advantages, batch.action_mask, batch.turn_ids, tau=s.awr_tau,
-                max_weight=s.awr_max_weight, normalizer=normalizer,
+                logprobs,
+                batch.advantages,
+                batch.action_mask,
+                batch.turn_ids,
+                tau=s.awr_tau,
+                max_weight=s.awr_max_weight,
+                normalizer=normalizer,
             )
         if not math.isfinite(float(loss.detach())):
             raise OnlineError(

@@ -16,13 +16,13 @@ around), unless `limit_slices: first` asks for the first `limit` problems every 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from riselm.generation.base import Generator
 from riselm.rollout.engine import RolloutSpec, Step
-from riselm.rollout.shards import sharded_rollout
 from riselm.rollout.episode import Episode
+from riselm.rollout.shards import sharded_rollout
 from riselm.settings import CollectSettings, ScheduleStep, check_schedule
 from riselm.tasks.base import Problem, Task
 

@@ -11,7 +11,7 @@ MIN_LOOP_CHARS = 48  # ...when the loop also spans this many characters (1000000
 
 def _has_runaway_repetition(text: str) -> bool:
     # Any substring of 1..60 characters repeated MIN_REPEATS times in a row over MIN_LOOP_CHARS.
-    loops = re.finditer(r"(.{1,60}?)\1{%d,}" % (MIN_REPEATS - 1), text, flags=re.DOTALL)
+    loops = re.finditer(rf"(.{{1,60}}?)\1{{{MIN_REPEATS - 1},}}", text, flags=re.DOTALL)
     return any(m.end() - m.start() >= MIN_LOOP_CHARS for m in loops)
 
 

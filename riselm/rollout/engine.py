@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from riselm.generation.base import Completion, Generator
 from riselm.jsonl import JsonlAppender
@@ -118,9 +119,7 @@ def rollout(
     if not schedule:
         raise ValueError("the improver schedule is empty: give at least the learner for turn 1")
     done = (finished_keys(out_path) if out_path is not None else set()) | set(skip)
-    todo = [
-        [(p, s) for s in range(spec.episodes_per_problem) if (p.id, s) not in done] for p in problems
-    ]
+    todo = [[(p, s) for s in range(spec.episodes_per_problem) if (p.id, s) not in done] for p in problems]
     todo = [pairs for pairs in todo if pairs]
     made: list[Episode] = []
     sink = JsonlAppender(out_path) if out_path is not None else None
@@ -151,8 +150,16 @@ def _rollout_chunk(
     sampling = spec.sampling.model_dump()
     episodes = [
         Episode(
-            id=p.id, task=task.name, mode=spec.mode, prompt=task.prompt(p), sample=s, system=spec.system,
-            answer=p.answer, window=spec.window, sampling=sampling, seed=spec.seed,
+            id=p.id,
+            task=task.name,
+            mode=spec.mode,
+            prompt=task.prompt(p),
+            sample=s,
+            system=spec.system,
+            answer=p.answer,
+            window=spec.window,
+            sampling=sampling,
+            seed=spec.seed,
         )
         for p, s in chunk
     ]
@@ -209,16 +216,19 @@ def _rollout_chunk(
 
 # Self-Refine (Madaan et al., 2023) as an evaluation mode beside the retry message: after each answer
 # the model reviews it, then answers again using its own review. Nothing says whether it was right.
-CRITIQUE_REQUEST = (
-    "Review your answer above step by step and point out any mistakes in it. Do not write a new answer yet."
-)
+CRITIQUE_REQUEST = "Review your answer above step by step and point out any mistakes in it. Do not write a new answer yet."
 # followed by the task's own first message, so the answer format is the task's (\boxed{} or a code block)
 REFINE_REQUEST = "Using your review, answer the question again.\n\n{prompt}"
 
 
 def self_refine(
-    task: Task, generator: Generator, spec: RolloutSpec, episodes: Sequence[Episode], problems: Sequence[Problem],
-    turn: int, timings: dict[str, float],
+    task: Task,
+    generator: Generator,
+    spec: RolloutSpec,
+    episodes: Sequence[Episode],
+    problems: Sequence[Problem],
+    turn: int,
+    timings: dict[str, float],
 ) -> None:
     """Replace the retry message after each episode's last turn by the model's own review and a refine request."""
     for episode in episodes:

@@ -85,7 +85,7 @@ class Episode:
             raise DataError(f"{where}: missing field 'prompt' (the first user message), needed to rebuild the conversation")
         turns = self.turns if upto is None else self.turns[:upto]
         if window is not None and window >= 1:
-            turns = turns[len(turns) - (window - 1):] if window > 1 else []
+            turns = turns[len(turns) - (window - 1) :] if window > 1 else []
         conv: Conversation = []
         if self.system:
             conv.append({"role": "system", "content": self.system})
@@ -115,7 +115,7 @@ class Episode:
         return d
 
     @classmethod
-    def from_dict(cls, row: dict[str, Any], origin: str | None = None) -> "Episode":
+    def from_dict(cls, row: dict[str, Any], origin: str | None = None) -> Episode:
         """An episode from one row of an episodes file; DataError naming `origin` and the field when invalid."""
         where = origin or "episode"
         missing = [k for k in ("id", "task", "mode", "turns") if k not in row]
@@ -136,8 +136,13 @@ class Episode:
 
 _OPTIONAL = {"prompt": str, "sample": int, "system": str, "answer": str, "window": int, "sampling": dict, "seed": int}
 _TURN_OPTIONAL = {
-    "feedback": str, "source": str, "num_candidates": int, "num_tokens": int, "truncated": bool,
-    "critique_request": str, "critique": str,
+    "feedback": str,
+    "source": str,
+    "num_candidates": int,
+    "num_tokens": int,
+    "truncated": bool,
+    "critique_request": str,
+    "critique": str,
 }
 
 

@@ -10,8 +10,8 @@ folded in the shards a killed run left behind, from any number of processes), ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from riselm.distributed import World, world
 from riselm.jsonl import drop_torn_tail, iter_jsonl, write_jsonl

@@ -246,9 +246,7 @@ def _column_subtraction(x: int, y: int) -> list[str]:
 
 def _multiplication(x: int, y: int) -> list[str]:
     """One partial product per non-zero digit of y, then their sum."""
-    partials = [
-        (f"{d}{'0' * place}", x * d * 10**place) for place, d in enumerate(map(int, reversed(str(y)))) if d
-    ]
+    partials = [(f"{d}{'0' * place}", x * d * 10**place) for place, d in enumerate(map(int, reversed(str(y)))) if d]
     if not partials:
         return [f"{x}*0=0"]
     lines = [f"{x}*{factor}={product}" for factor, product in partials]

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib.resources
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Hashable, Sequence
+from typing import Any, ClassVar
 
 from riselm.jsonl import DataError, read_json_or_jsonl
 

@@ -33,8 +33,7 @@ from riselm.tasks.base import Problem, Score, Task
 from riselm.verify.sandbox import ExecResult, Limits, isolation, run_programs
 
 CODE_INSTRUCTION = (
-    "Write Python code that solves the task below. "
-    "Reply with the complete code, including any imports, in a single ```python code block."
+    "Write Python code that solves the task below. Reply with the complete code, including any imports, in a single ```python code block."
 )
 # The feedback variant: the sandbox's short reason (e.g. "failed: AssertionError at line 9: assert f(2) == 4").
 FEEDBACK_RETRY = "Your code is incorrect: {feedback}\nPlease try again. Here's the question: {question}"
@@ -52,9 +51,7 @@ def extract_code(response: str) -> str | None:
     if not isinstance(response, str):
         return None
     # A fence indented inside a list item indents its code too: remove that, keep the code's own.
-    blocks = [
-        (tag.lower(), textwrap.dedent(body) if indent else body) for indent, tag, body in _FENCE.findall(response)
-    ]
+    blocks = [(tag.lower(), textwrap.dedent(body) if indent else body) for indent, tag, body in _FENCE.findall(response)]
     python = [body for tag, body in blocks if tag in _PYTHON_TAGS]
     untagged = [body for tag, body in blocks if not tag]
     candidates = python or untagged

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from riselm.generation.base import Conversation
 from riselm.rollout.episode import Episode
@@ -155,9 +155,7 @@ def last_boxed_span(text: str) -> tuple[int, int] | None:
     return None
 
 
-def wrong_attempts_from_episodes(
-    episodes: Iterable[Episode], fallback: WrongAttempt | None = corrupt_solution
-) -> WrongAttempt:
+def wrong_attempts_from_episodes(episodes: Iterable[Episode], fallback: WrongAttempt | None = corrupt_solution) -> WrongAttempt:
     """A `wrong_attempt` drawing the model's own wrong responses (reward < 1) recorded for each problem.
 
     Problems with no recorded wrong response use `fallback` (None: no attempt).

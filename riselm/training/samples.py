@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, Iterable, Literal, Sequence
+from typing import Any, Final, Literal
 
 from riselm.generation.base import Conversation
 from riselm.jsonl import DataError, iter_jsonl
@@ -44,7 +45,7 @@ class TrainingSample:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainingSample":
+    def from_dict(cls, d: dict[str, Any]) -> TrainingSample:
         return cls(
             messages=d["messages"],
             reward=float(d["reward"]),
@@ -138,7 +139,9 @@ def samples_from_episodes(
     return samples
 
 
-def first_turn_samples(episodes: Iterable[Episode], settings: SamplesSettings = SamplesSettings(), weighted: bool = False) -> list[TrainingSample]:
+def first_turn_samples(
+    episodes: Iterable[Episode], settings: SamplesSettings = SamplesSettings(), weighted: bool = False
+) -> list[TrainingSample]:
     """Single-turn samples from the first turn of every episode: the prompt and the learner's own answer.
 
     The two single-turn baselines of the paper's comparisons: `weighted=False` is filtered SFT
@@ -215,7 +218,9 @@ def load_training_samples(
             if generated:
                 logger.warning(
                     "%s: episodes were generated with context window %s; building samples with window %s as asked",
-                    path, " and ".join(generated), window,
+                    path,
+                    " and ".join(generated),
+                    window,
                 )
         return samples_from_episodes(episodes, settings, window)
     if "messages" in row:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from riselm.generation.base import Conversation
 from riselm.training.samples import TrainingSample
@@ -148,9 +149,7 @@ def tokenize_samples(tokenizer, samples: Sequence[TrainingSample], max_length: i
             items.append({**tokenized, "weight": float(s.weight), "episode": f"{s.episode_id}\x1f{s.sample}"})
     dropped = len(samples) - len(items)
     if dropped:
-        logger.warning(
-            "dropped %d of %d samples whose response alone exceeds max_length=%d", dropped, len(samples), max_length
-        )
+        logger.warning("dropped %d of %d samples whose response alone exceeds max_length=%d", dropped, len(samples), max_length)
     return items
 
 

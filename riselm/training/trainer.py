@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
 from riselm.files import write_json
 from riselm.hardware import resolve_precision
 from riselm.rundir import FINAL, FINAL_PARTIAL, TRAIN_CONFIG
-from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
 from riselm.settings import LoraSettings, SamplesSettings, TrainSettings
 from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
 from riselm.training.tokenize import IGNORE_INDEX, EpisodeOrder, WeightedCollator, tokenize_samples
@@ -79,9 +80,7 @@ class WeightedTrainer(Trainer):
         return count
 
 
-def per_sample_mean_ce(
-    logits: torch.Tensor, labels: torch.Tensor, sample_index: torch.Tensor, num_samples: int
-) -> torch.Tensor:
+def per_sample_mean_ce(logits: torch.Tensor, labels: torch.Tensor, sample_index: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Mean next-token cross-entropy over each sample's trained tokens: a tensor of `num_samples` values.
 
     Works on padded batches ([B, L], one sample per row) and packed ones ([1, T], several samples per
@@ -94,9 +93,7 @@ def per_sample_mean_ce(
     token_ce = F.cross_entropy(token_logits, labels[trained], reduction="none")
     owner = sample_index[:, 1:][trained]
     sums = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(0, owner, token_ce)
-    counts = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(
-        0, owner, torch.ones_like(token_ce)
-    )
+    counts = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(0, owner, torch.ones_like(token_ce))
     return sums / counts.clamp(min=1)
 
 

@@ -30,7 +30,7 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def stage_row(name, model, keys, values, turns, seconds=None):
-    """A summary.json stage row as riselm.summary writes it (curves filled with a ramp)."""
+    """A summary.json stage row as riselm.run.summary writes it (curves filled with a ramp)."""
     row = {"name": name, "model": str(model), **dict(zip(keys, values))}
     row["acc@tk"] = [10.0 + k for k in range(turns)]
     row["p1@tk"] = [10.0 + 5 * k for k in range(turns)]

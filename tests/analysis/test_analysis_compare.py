@@ -29,7 +29,11 @@ def test_final_stages_in_table_1_form(tmp_path, rise_run, online_run):
 def test_every_stage_with_cumulative_budgets(rise_run, online_run):
     rows = compare_runs([rise_run, online_run], all_stages=True, count_tokens=False)["rows"]
     assert [(r["run"], r["stage"]) for r in rows] == [
-        ("runs/rise", "boost"), ("runs/rise", "iter1"), ("runs2/rise", "base"), ("runs2/rise", "online@2"), ("runs2/rise", "online")
+        ("runs/rise", "boost"),
+        ("runs/rise", "iter1"),
+        ("runs2/rise", "base"),
+        ("runs2/rise", "online@2"),
+        ("runs2/rise", "online"),
     ]
     boost, iter1, base, online2, online = rows
     assert boost["budget"] == {"generated_responses": 0, "trained_samples": 3, "trained_tokens": None, "wall_s": 70.0}

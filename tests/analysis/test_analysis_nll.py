@@ -36,11 +36,19 @@ def nll_run(tmp_path, tiny_model_dir):
     problem = task.load(limit=1)[0]
     wrong = int(problem.answer) + 1
     run = write_summary(tmp_path / "run", ["m1@t1"], [stage_row("iter1", tiny_model_dir, ["m1@t1"], [0.0], 2)])
-    write_jsonl(run / "iter1" / "eval" / "episodes.sequential.jsonl", [
-        episode("test-0", [1, 0], preds=[problem.answer, str(wrong)], prompt=task.prompt(problem),
-                responses={0: f"\\boxed{{{problem.answer}}}", 1: f"my try \\boxed{{{wrong}}}"}),
-        episode("test-1", [0, 0], prompt="a problem of another difficulty"),  # same id, other prompt: not used
-    ])
+    write_jsonl(
+        run / "iter1" / "eval" / "episodes.sequential.jsonl",
+        [
+            episode(
+                "test-0",
+                [1, 0],
+                preds=[problem.answer, str(wrong)],
+                prompt=task.prompt(problem),
+                responses={0: f"\\boxed{{{problem.answer}}}", 1: f"my try \\boxed{{{wrong}}}"},
+            ),
+            episode("test-1", [0, 0], prompt="a problem of another difficulty"),  # same id, other prompt: not used
+        ],
+    )
     return run, task, problem, f"my try \\boxed{{{wrong}}}"
 
 

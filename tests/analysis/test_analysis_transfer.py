@@ -15,10 +15,14 @@ EVAL = {"turns": 2, "parallel_samples": 2, "window": 2, "sampling": {"max_new_to
 def tiny_run(tmp_path, tiny_model_dir):
     """boost has the tiny model; iter1's model was never saved (skipped)."""
     keys = ["m1@t1", "m1@t2", "p1@t2"]
-    run = write_summary(tmp_path / "run", keys, [
-        stage_row("boost", tiny_model_dir, keys, [0.0, 0.0, 0.0], 2),
-        stage_row("iter1", tmp_path / "gone", keys, [0.0, 0.0, 0.0], 2),
-    ])
+    run = write_summary(
+        tmp_path / "run",
+        keys,
+        [
+            stage_row("boost", tiny_model_dir, keys, [0.0, 0.0, 0.0], 2),
+            stage_row("iter1", tmp_path / "gone", keys, [0.0, 0.0, 0.0], 2),
+        ],
+    )
     config = {"eval": EVAL, "learner": {"backend": "hf", "batch_size": 8}, "seed": 3}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     return run
@@ -61,12 +65,20 @@ def hand_count(folder):
 def seed_episodes(folder, task, problems):
     """Hand-written episodes for a finished evaluation (resumed, nothing generated): with values known by hand,
     m1@t1 50, m2@t1 100, m1@t2 0, p1@t2 50."""
+
     def turn(problem, right):
         pred = problem.answer if right else str(int(problem.answer) + 1)
         return {"response": f"\\boxed{{{pred}}}", "pred": pred, "reward": 1.0 if right else 0.0}
 
     a, b = problems
-    row = lambda p, mode, sample, turns: {"id": p.id, "task": task.name, "mode": mode, "sample": sample, "prompt": task.prompt(p), "turns": turns}
+    row = lambda p, mode, sample, turns: {
+        "id": p.id,
+        "task": task.name,
+        "mode": mode,
+        "sample": sample,
+        "prompt": task.prompt(p),
+        "turns": turns,
+    }
     sequential = [row(a, "sequential", 0, [turn(a, True), turn(a, False)]), row(b, "sequential", 0, [turn(b, False), turn(b, False)])]
     parallel = [row(a, "parallel", 0, [turn(a, False)]), row(a, "parallel", 1, [turn(a, True)])]
     parallel += [row(b, "parallel", i, [turn(b, True)]) for i in range(2)]

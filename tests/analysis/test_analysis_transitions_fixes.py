@@ -11,12 +11,15 @@ from tests.analysis.helpers import episode, write_jsonl
 
 
 def test_transitions_by_hand(tmp_path):
-    path = write_jsonl(tmp_path / "seq.jsonl", [
-        episode("a", [1, 1, 1]),
-        episode("b", [0, 1, 0]),
-        episode("c", [0, 0, 1]),
-        episode("d", [1, 0]),  # stopped after two turns: counted at k=2 only
-    ])
+    path = write_jsonl(
+        tmp_path / "seq.jsonl",
+        [
+            episode("a", [1, 1, 1]),
+            episode("b", [0, 1, 0]),
+            episode("c", [0, 0, 1]),
+            episode("d", [1, 0]),  # stopped after two turns: counted at k=2 only
+        ],
+    )
     result = transitions_of_file(path, tmp_path / "out")
     k2, k3 = result["turns"]
     assert (k2["turn"], k2["right_right"], k2["right_wrong"], k2["wrong_right"], k2["wrong_wrong"]) == (2, 1, 1, 1, 1)

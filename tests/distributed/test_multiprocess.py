@@ -36,9 +36,21 @@ def test_two_process_ddp_training_ends_with_the_weights_of_one_process(tmp_path)
     worker = str(HERE / "train_worker.py")
     subprocess.run([sys.executable, worker, str(tmp_path / "one"), "4"], check=True, env=env(), capture_output=True)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-         worker, str(tmp_path / "two"), "2"],
-        check=True, env=env(), capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            worker,
+            str(tmp_path / "two"),
+            "2",
+        ],
+        check=True,
+        env=env(),
+        capture_output=True,
     )
     one, two = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
     from riselm.models import build_char_tokenizer, build_tiny_model
@@ -54,7 +66,8 @@ def run_config(tmp_path, model_dir, out, problems=8):
     config.write_text(
         f"out: {out}\nmodel: {model_dir}\nthreads: 1\niterations: 1\n"
         f"task: {{name: arithmetic, options: {{train_size: {problems}, test_size: 6}}, eval_limit: 6}}\n"
-        "collect: {max_turns: 2, schedule: [{model: learner, n: 1}, {model: learner, n: 2}], chunk_size: 1, sampling: {max_new_tokens: 24}}\n"
+        "collect: {max_turns: 2, schedule: [{model: learner, n: 1}, {model: learner, n: 2}], chunk_size: 1,"
+        " sampling: {max_new_tokens: 24}}\n"
         "train: {epochs: 1, batch_size: 2, grad_accum: 1, save_steps: 1000}\n"
         "eval: {turns: 2, parallel_samples: 2, chunk_size: 1, sampling: {max_new_tokens: 24}}\n"
         f"distributed: {{main_port: {free_port()}, timeout_s: 60}}\n"
@@ -126,20 +139,59 @@ def test_riselm_train_under_accelerate_launch_on_two_cpu_processes(tmp_path, tin
     from riselm.jsonl import write_jsonl
     from riselm.rollout.episode import Episode, Turn
 
-    episodes = [Episode(f"p{i}", "toy", "collect", f"{i}+{i}=?", [Turn("no \\boxed{0}", "0", 0.0, feedback="Again."),
-                                                                  Turn(f"\\boxed{{{2 * i}}}", str(2 * i), 1.0)]) for i in range(4)]
+    episodes = [
+        Episode(
+            f"p{i}",
+            "toy",
+            "collect",
+            f"{i}+{i}=?",
+            [Turn("no \\boxed{0}", "0", 0.0, feedback="Again."), Turn(f"\\boxed{{{2 * i}}}", str(2 * i), 1.0)],
+        )
+        for i in range(4)
+    ]
     write_jsonl(tmp_path / "episodes.jsonl", [e.to_dict() for e in episodes])
-    train = ["-m", "riselm.cli", "train", str(tmp_path / "episodes.jsonl"), "--model", str(tiny_model_dir),
-             "--set", "grad_accum=1", "--set", "epochs=1", "--set", "learning_rate=1e-2", "--set", "warmup_ratio=0"]
+    train = [
+        "-m",
+        "riselm.cli",
+        "train",
+        str(tmp_path / "episodes.jsonl"),
+        "--model",
+        str(tiny_model_dir),
+        "--set",
+        "grad_accum=1",
+        "--set",
+        "epochs=1",
+        "--set",
+        "learning_rate=1e-2",
+        "--set",
+        "warmup_ratio=0",
+    ]
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
-         *train, "--out", str(tmp_path / "t"), "--set", "batch_size=2"],
-        env=env(), capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            *train,
+            "--out",
+            str(tmp_path / "t"),
+            "--set",
+            "batch_size=2",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "t" / "final" / "config.json").exists() and not (tmp_path / "t" / "final.partial").exists()
     # the same global batch of 4 samples in one process gives the same weights
-    one = subprocess.run([sys.executable, *train, "--out", str(tmp_path / "one"), "--set", "batch_size=4"], env=env(), capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, *train, "--out", str(tmp_path / "one"), "--set", "batch_size=4"], env=env(), capture_output=True, text=True
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     two, single, start = weights(tmp_path / "t" / "final"), weights(tmp_path / "one" / "final"), weights(tiny_model_dir)
     assert max((single[k] - start[k]).abs().max() for k in start) > 1e-3

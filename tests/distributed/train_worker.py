@@ -1,6 +1,6 @@
 """Train a tiny model on fixed weighted samples; run alone or under `python -m torch.distributed.run`.
 
-    python tests/distributed/train_worker.py OUT PER_PROCESS_BATCH [STRATEGY]
+python tests/distributed/train_worker.py OUT PER_PROCESS_BATCH [STRATEGY]
 """
 
 import sys
@@ -16,7 +16,10 @@ from riselm.training.trainer import train_weighted
 def samples() -> list[TrainingSample]:
     out = []
     for i in range(8):
-        messages = [{"role": "user", "content": f"What is {i}+{i}?"}, {"role": "assistant", "content": f"{i}+{i}={2 * i} \\boxed{{{2 * i}}}"}]
+        messages = [
+            {"role": "user", "content": f"What is {i}+{i}?"},
+            {"role": "assistant", "content": f"{i}+{i}={2 * i} \\boxed{{{2 * i}}}"},
+        ]
         out.append(TrainingSample(messages, reward=float(i % 2), weight=[1.0, 12.2, 0.3, 2.0][i % 4], episode_id=f"p{i}", turn=0))
     return out
 
@@ -27,7 +30,14 @@ if __name__ == "__main__":
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=0)
     settings = TrainSettings(
-        batch_size=batch, grad_accum=1, max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, lr_scheduler="constant",
-        save_steps=1000, logging_steps=1000, share_prefixes=False,
+        batch_size=batch,
+        grad_accum=1,
+        max_steps=3,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        save_steps=1000,
+        logging_steps=1000,
+        share_prefixes=False,
     )
     train_weighted(model, samples(), out, settings, tokenizer=tokenizer, show_progress=False)

@@ -18,7 +18,9 @@ def test_mbpp_eval_scores_reference_code_right_and_junk_wrong(tmp_path):
             return "```python\ndef nothing():\n    return None\n```"
         return next(s for q, s in solutions.items() if q in conversation[0]["content"])
 
-    result = evaluate(task, ScriptedGenerator(respond), tmp_path, EvalSettings(turns=2, parallel_samples=0), problems=problems, show_progress=False)
+    result = evaluate(
+        task, ScriptedGenerator(respond), tmp_path, EvalSettings(turns=2, parallel_samples=0), problems=problems, show_progress=False
+    )
     assert result.sequential["acc@t1"] == 0.0 and result.sequential["acc@t2"] == 100.0
 
 

@@ -160,7 +160,9 @@ def test_report_says_when_problems_have_different_sample_counts(tmp_path):
     sequential = {"num_problems": 3, "turns": 1, "acc@t1": 0.0, "p1@t1": 0.0, "m1@t1": 0.0}
     out = tmp_path / "report"
     out.mkdir()
-    write_report(EvalResult(out, sequential, parallel, 1.0, 0, 0.0), task="toy", model="m", settings=EvalSettings(turns=1, parallel_samples=3))
+    write_report(
+        EvalResult(out, sequential, parallel, 1.0, 0, 0.0), task="toy", model="m", settings=EvalSettings(turns=1, parallel_samples=3)
+    )
     report = (out / "report.md").read_text()
     assert "different parallel sample counts (problems: 1 with 3, 1 with 1, 1 with 0)" in report
     assert "for k above 1 average only the problems with at least k samples" in report

@@ -1,8 +1,8 @@
 """Every metric against hand-computed expectations."""
 
-import pytest
-
 from itertools import permutations
+
+import pytest
 
 from riselm.evaluation.metrics import (
     episode_metrics,

@@ -12,7 +12,6 @@ from transformers import DynamicCache
 from riselm.generation import decoding
 from riselm.generation.base import splitmix64, stream_key
 from riselm.generation.decoding import RowStreams, Sampling, next_tokens, sample_batch
-
 from tests.generation.test_hf import chaotic_model
 
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])

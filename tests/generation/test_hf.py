@@ -11,8 +11,8 @@ import torch
 from riselm.generation.base import SamplingParams
 from riselm.generation.hf import HFGenerator
 from riselm.models import build_tiny_model
-
 from tests.generation.chat_samples import CONVERSATIONS
+
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=20)
 
 
@@ -42,7 +42,9 @@ def first_new_char(text: str) -> int:
 
 def test_batched_greedy_equals_one_at_a_time(arch_model, char_tokenizer):
     # 4 conversations x 2 samples = 8 rows in batches of 3: sorting, chunking and reordering all happen.
-    batched = HFGenerator(arch_model, char_tokenizer, batch_size=3).generate(CONVERSATIONS, SamplingParams(n=2, temperature=0.0, max_new_tokens=20))
+    batched = HFGenerator(arch_model, char_tokenizer, batch_size=3).generate(
+        CONVERSATIONS, SamplingParams(n=2, temperature=0.0, max_new_tokens=20)
+    )
     single = HFGenerator(arch_model, char_tokenizer, batch_size=1)
     alone = [single.generate([conversation], GREEDY)[0][0] for conversation in CONVERSATIONS]
 

@@ -95,10 +95,7 @@ class FakeServer:
             return 404, {"object": "error", "message": f"The model `{body['model']}` does not exist.", "code": 404}, {}
         question = body["messages"][-1]["content"]
         n = body.get("n", 1) if self.honour_n else 1
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": f"{question} #{i}"}, "finish_reason": "stop"}
-            for i in range(n)
-        ]
+        choices = [{"index": i, "message": {"role": "assistant", "content": f"{question} #{i}"}, "finish_reason": "stop"} for i in range(n)]
         usage = {"prompt_tokens": 5, "completion_tokens": 3 * n, "total_tokens": 5 + 3 * n}
         return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": choices, "usage": usage}, {}
 
@@ -140,6 +137,7 @@ class FakeServer:
 
         return Handler
 
+
 def generator(url: str, **options) -> OpenAIGenerator:
     defaults = dict(max_retries=4, timeout=5.0, max_wait_s=2.0, backoff_s=0.01)
     return OpenAIGenerator(url, "test-model", **{**defaults, **options})
@@ -155,7 +153,12 @@ def test_n_samples_per_conversation_in_order_with_request_fields():
     assert all(c.token_ids is None for completions in results for c in completions)  # the server does not say
     request = next(r for r in server.requests if r["messages"][-1]["content"] == "q0")
     assert (request["n"], request["temperature"], request["top_p"], request["max_tokens"], request["seed"], request["stop"]) == (
-        2, 0.7, 0.9, 33, 5, ["END"]
+        2,
+        0.7,
+        0.9,
+        33,
+        5,
+        ["END"],
     )
     assert sorted((r["messages"][-1]["content"], r["seed"]) for r in server.requests) == [("q0", 5), ("q1", 6), ("q2", 7)]
     assert gen.stats.generated_tokens == 18 and gen.stats.completions == 6
@@ -359,9 +362,7 @@ def test_retry_after_past_max_wait_s_gives_up_at_once():
         with pytest.raises(BackendUnavailable) as error:
             generator(server.url, max_retries=100, max_wait_s=1.0).generate([QUESTION], SamplingParams())
     assert time.monotonic() - started < 0.5 and len(server.requests) == 1
-    assert str(error.value).startswith(
-        f"the server at {server.url} keeps failing (answered 429: slow down); gave up after 1 attempt in "
-    )
+    assert str(error.value).startswith(f"the server at {server.url} keeps failing (answered 429: slow down); gave up after 1 attempt in ")
     assert str(error.value).endswith(" s (the server asked to wait 30 s, past max_wait_s=1)")
 
 

@@ -16,7 +16,6 @@ from riselm.generation.errors import BackendUnavailable  # noqa: E402
 from riselm.generation.hf import HFGenerator  # noqa: E402
 from riselm.generation.vllm import VLLMGenerator  # noqa: E402
 from riselm.models import ModelNotFoundError, build_tiny_model  # noqa: E402
-
 from tests.generation.chat_samples import CONVERSATIONS as ALL_CONVERSATIONS
 
 CONVERSATIONS = ALL_CONVERSATIONS[:3]

@@ -24,14 +24,18 @@ PROMPT = (1, 2, 3)
 def turn(rewards: list[float], chosen: int, turn_index: int, episode: int) -> Turn:
     texts = [f"e{episode} t{turn_index} c{k}" for k in range(len(rewards))]
     candidates = [Candidate(texts[k], r, None, (100 * episode + 10 * turn_index + k,)) for k, r in enumerate(rewards)]
-    return Turn(texts[chosen], None, rewards[chosen], prompt_ids=PROMPT + (turn_index,), candidates=candidates,
-                num_candidates=len(rewards))
+    return Turn(texts[chosen], None, rewards[chosen], prompt_ids=PROMPT + (turn_index,), candidates=candidates, num_candidates=len(rewards))
 
 
-EPISODE_A = Episode("p", "toy", "online", prompt="q", sample=0,
-                    turns=[turn([0.0], 0, 1, 0), turn([0.0, 1.0, -1.0], 1, 2, 0), turn([1.0, 0.0, 1.0], 0, 3, 0)])
-EPISODE_B = Episode("p", "toy", "online", prompt="q", sample=1,
-                    turns=[turn([1.0], 0, 1, 1), turn([1.0, 0.0, 0.0], 0, 2, 1)])
+EPISODE_A = Episode(
+    "p",
+    "toy",
+    "online",
+    prompt="q",
+    sample=0,
+    turns=[turn([0.0], 0, 1, 0), turn([0.0, 1.0, -1.0], 1, 2, 0), turn([1.0, 0.0, 1.0], 0, 3, 0)],
+)
+EPISODE_B = Episode("p", "toy", "online", prompt="q", sample=1, turns=[turn([1.0], 0, 1, 1), turn([1.0, 0.0, 0.0], 0, 2, 1)])
 
 
 def advantages(credit: CreditSettings, chosen_only: bool = False) -> dict[int, float]:
@@ -56,9 +60,15 @@ def assert_values(actual: dict[int, float], expected: dict[int, float]) -> None:
 # A turn 3 (after 1): values [R_3 = 1.0, 0 + .5·(−1) = −0.5, 1 + 0 = 1.0]
 # B turn 2 (after 1): values [R_2 = 1.0, −0.5, −0.5]
 VALUES = {
-    21: 2.0, 20: 0.0, 22: -1.5,
-    30: 1.0, 31: -0.5, 32: 1.0,
-    120: 1.0, 121: -0.5, 122: -0.5,
+    21: 2.0,
+    20: 0.0,
+    22: -1.5,
+    30: 1.0,
+    31: -0.5,
+    32: 1.0,
+    120: 1.0,
+    121: -0.5,
+    122: -0.5,
 }
 SIBLINGS = {0: [21, 20, 22], 1: [30, 31, 32], 2: [120, 121, 122]}
 RTG = CreditSettings(returns="return_to_go", discount=0.5, improvement_bonus=0.5)

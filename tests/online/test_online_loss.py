@@ -78,9 +78,7 @@ def test_token_logprobs_gradcheck_with_temperature():
     logits = torch.randn(1, 4, 5, dtype=torch.float64, requires_grad=True)
     ids = torch.tensor([[1, 4, 0, 2]])
     assert torch.autograd.gradcheck(lambda x: token_logprobs(x, ids, temperature=0.7, chunk_size=2), (logits,))
-    torch.testing.assert_close(
-        token_logprobs(logits, ids, temperature=0.7), reference_logprobs(logits / 0.7, ids).double()
-    )
+    torch.testing.assert_close(token_logprobs(logits, ids, temperature=0.7), reference_logprobs(logits / 0.7, ids).double())
 
 
 def test_token_entropy():
@@ -97,9 +95,7 @@ def test_token_entropy():
 
 def test_per_token_advantages():
     adv = per_token_advantages(TURN_ADV, TURN_IDS)
-    expected = torch.tensor(
-        [[0, 0, 0.5, 0.5, 0, -1, -1, -1, 0], [0, 0, 0, 2, 2, 2, 2, 0, 0]], dtype=torch.float32
-    )
+    expected = torch.tensor([[0, 0, 0.5, 0.5, 0, -1, -1, -1, 0], [0, 0, 0, 2, 2, 2, 2, 0, 0]], dtype=torch.float32)
     torch.testing.assert_close(adv, expected)
     with pytest.raises(ValueError, match="no value"):
         per_token_advantages([1.0, 2.0], TURN_IDS)
@@ -138,8 +134,15 @@ def test_normalizer_makes_micro_batches_add_up(reduction):
     whole, _ = policy_loss(lp, lp.detach(), adv, MASK, reduction=reduction, turn_ids=TURN_IDS)
     count = int(MASK.sum()) if reduction == "token_mean" else 3
     parts = [
-        policy_loss(lp[i : i + 1], lp[i : i + 1].detach(), adv[i : i + 1], MASK[i : i + 1],
-                    reduction=reduction, turn_ids=TURN_IDS[i : i + 1], normalizer=count)[0]
+        policy_loss(
+            lp[i : i + 1],
+            lp[i : i + 1].detach(),
+            adv[i : i + 1],
+            MASK[i : i + 1],
+            reduction=reduction,
+            turn_ids=TURN_IDS[i : i + 1],
+            normalizer=count,
+        )[0]
         for i in range(B)
     ]
     torch.testing.assert_close(sum(parts), whole)
@@ -175,8 +178,16 @@ def test_only_action_tokens_carry_gradient():
     logits, ids = random_batch()
     lp = token_logprobs(logits, ids)
     ref = lp.detach() - 0.5
-    loss, _ = policy_loss(lp, lp.detach() + 0.05, per_token_advantages(TURN_ADV, TURN_IDS), MASK,
-                          ref_logprobs=ref, kl_coef=0.1, reduction="turn_mean", turn_ids=TURN_IDS)
+    loss, _ = policy_loss(
+        lp,
+        lp.detach() + 0.05,
+        per_token_advantages(TURN_ADV, TURN_IDS),
+        MASK,
+        ref_logprobs=ref,
+        kl_coef=0.1,
+        reduction="turn_mean",
+        turn_ids=TURN_IDS,
+    )
     grad = grads(loss, logits)
     # the logits at position l predict token l+1: they get a gradient iff token l+1 is an action token
     predicts_action = torch.cat([MASK[:, 1:], torch.zeros(B, 1, dtype=torch.bool)], dim=1)
@@ -236,8 +247,7 @@ def test_the_kl_penalty_has_the_gradient_of_kl_from_the_policy_to_the_reference(
     for token in range(6):
         only = torch.zeros(1, 6, dtype=torch.bool)
         only[0, token] = True
-        loss, _ = policy_loss(log_pi[None], log_mu[None], torch.zeros(1, 6), only,
-                              ref_logprobs=log_ref[None], kl_coef=1.0, normalizer=1.0)
+        loss, _ = policy_loss(log_pi[None], log_mu[None], torch.zeros(1, 6), only, ref_logprobs=log_ref[None], kl_coef=1.0, normalizer=1.0)
         expected = expected + log_mu[token].exp() * loss
     got = torch.autograd.grad(expected, theta)[0]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

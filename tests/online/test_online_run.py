@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from riselm.demo import prepare_demo
 from riselm.online import update
-from riselm.pipeline import run_pipeline
+from riselm.run.demo import prepare_demo
+from riselm.run.pipeline import run_pipeline
 
 TINY = [
     "method=online",
@@ -62,8 +62,20 @@ def test_stages_monitoring_and_summary(finished):
     assert summary["stages"][-1]["name"] == "online" and len(summary["stages"][-1]["acc@tk"]) == 2
     rows = [json.loads(line) for line in (out / "online" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    for key in ("acc@t1", "reward@t1", "wrong->right", "right->wrong", "no_answer", "kl", "entropy", "tokens_per_s",
-                "generate_s", "score_s", "update_s", "loss"):
+    for key in (
+        "acc@t1",
+        "reward@t1",
+        "wrong->right",
+        "right->wrong",
+        "no_answer",
+        "kl",
+        "entropy",
+        "tokens_per_s",
+        "generate_s",
+        "score_s",
+        "update_s",
+        "loss",
+    ):
         assert key in rows[0], key
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-7)  # the policy starts as its reference
     assert rows[0]["episodes"] == 3 * 2
@@ -99,9 +111,10 @@ def test_a_killed_run_resumes_to_the_same_result(finished, tmp_path, monkeypatch
     assert [{k: v for k, v in r.items() if k not in drop} for r in steps(tmp_path)] == [
         {k: v for k, v in r.items() if k not in drop} for r in steps(out)
     ]
-    assert json.loads((tmp_path / "summary.json").read_text())["stages"][-1]["m1@t2"] == json.loads(
-        (out / "summary.json").read_text()
-    )["stages"][-1]["m1@t2"]
+    assert (
+        json.loads((tmp_path / "summary.json").read_text())["stages"][-1]["m1@t2"]
+        == json.loads((out / "summary.json").read_text())["stages"][-1]["m1@t2"]
+    )
 
 
 def test_a_run_killed_during_an_evaluation_finishes_it_on_resume(tmp_path, monkeypatch):
@@ -122,7 +135,7 @@ def test_a_run_killed_during_an_evaluation_finishes_it_on_resume(tmp_path, monke
 
 
 def test_the_curves_draw_a_moving_mean_that_skips_missing_values():
-    from riselm.online.monitor import _moving_mean
+    from riselm.run.monitor import _moving_mean
 
     assert _moving_mean([10.0, None, 20.0, 30.0, 40.0], 3) == [10.0, 10.0, 15.0, 25.0, 30.0]
     assert _moving_mean([None, None], 10) == [None, None]

@@ -11,6 +11,7 @@ from riselm.settings import CreditSettings, SamplingSettings
 from tests.templates import llama3_tokenizer
 from tests.toy import ToyTask, toy_problems
 
+
 def chatml():
     return build_char_tokenizer()
 
@@ -24,8 +25,15 @@ def test_rows_are_the_prompt_ids_and_the_sampled_ids(make_tokenizer):
     tok = make_tokenizer()
     model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
     generator = HFGenerator(model, tok, batch_size=8)
-    spec = RolloutSpec(mode="online", turns=3, stop_when_correct=False, episodes_per_problem=2, keep_candidates=True,
-                       sampling=SamplingSettings(temperature=0, max_new_tokens=12), seed=1)
+    spec = RolloutSpec(
+        mode="online",
+        turns=3,
+        stop_when_correct=False,
+        episodes_per_problem=2,
+        keep_candidates=True,
+        sampling=SamplingSettings(temperature=0, max_new_tokens=12),
+        seed=1,
+    )
     episodes = rollout(ToyTask(), toy_problems(2), [Step(generator), Step(generator, n=2)], spec, show_progress=False)
     rows = action_rows([episodes[:2], episodes[2:]], CreditSettings())
     assert len(rows) == 2 * 2 * (1 + 2 + 2)  # per episode: turn 1 alone, turns 2 and 3 with two candidates
@@ -59,8 +67,15 @@ def test_rows_carry_the_log_probs_the_sampler_drew_their_tokens_with():
     tok = chatml()
     model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
     sampler = HFGenerator(model, tok, batch_size=8)
-    spec = RolloutSpec(mode="online", turns=2, stop_when_correct=False, episodes_per_problem=2, keep_candidates=True,
-                       sampling=SamplingSettings(temperature=0.8, max_new_tokens=8), seed=1)
+    spec = RolloutSpec(
+        mode="online",
+        turns=2,
+        stop_when_correct=False,
+        episodes_per_problem=2,
+        keep_candidates=True,
+        sampling=SamplingSettings(temperature=0.8, max_new_tokens=8),
+        seed=1,
+    )
     episodes = rollout(ToyTask(), toy_problems(2), [Step(sampler), Step(sampler, n=2)], spec, show_progress=False)
     rows = action_rows([episodes[:2], episodes[2:]], CreditSettings())
     assert len(rows) == 2 * 2 * (1 + 2) and all(r.logprobs is not None for r in rows)

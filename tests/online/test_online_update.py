@@ -52,8 +52,10 @@ def model_and_rows():
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=5)
     prompt = ids(tok, PROMPT_TEXT)
-    rows = [ActionRow(prompt, ids(tok, text), adv, 0)
-            for text, adv in [("\\boxed{2}<|im_end|>", 1.0), ("\\boxed{3}<|im_end|>", -1.0), ("no idea", 0.5)]]
+    rows = [
+        ActionRow(prompt, ids(tok, text), adv, 0)
+        for text, adv in [("\\boxed{2}<|im_end|>", 1.0), ("\\boxed{3}<|im_end|>", -1.0), ("no idea", 0.5)]
+    ]
     return model, sampled_by(model, rows, tok.pad_token_id), tok.pad_token_id
 
 
@@ -112,8 +114,9 @@ def test_zero_advantage_rows_count_in_the_normaliser_whatever_is_skipped(model_a
     five rows, with or without a KL term (which is zero, with a zero gradient, at the reference)."""
     model, rows, pad = model_and_rows
     tok = build_char_tokenizer()
-    zeros = sampled_by(model, [ActionRow(rows[0].prompt_ids, ids(tok, text), 0.0, 0)
-                               for text in ("\\boxed{5} and more<|im_end|>", "hm")], pad)
+    zeros = sampled_by(
+        model, [ActionRow(rows[0].prompt_ids, ids(tok, text), 0.0, 0) for text in ("\\boxed{5} and more<|im_end|>", "hm")], pad
+    )
     updater = PolicyUpdater(model, OnlineSettings(kl_coef=kl_coef, reduction=reduction, max_grad_norm=0), pad)
     calls = record_gradients(updater)
     updater.step(rows + zeros, step=1)
@@ -122,8 +125,7 @@ def test_zero_advantage_rows_count_in_the_normaliser_whatever_is_skipped(model_a
     assert_same(calls[0][1], want)
     # the same rows without the zero-advantage ones: the same sum over a smaller count
     fewer = documented_gradient(model, rows, pad, reduction=reduction)
-    scale = (sum(len(r.action_ids) for r in rows + zeros) / sum(len(r.action_ids) for r in rows)
-             if reduction == "token_mean" else 5 / 3)
+    scale = sum(len(r.action_ids) for r in rows + zeros) / sum(len(r.action_ids) for r in rows) if reduction == "token_mean" else 5 / 3
     assert_same([g * scale for g in want], fewer)
 
 

@@ -10,16 +10,31 @@ import torch
 
 pytest.importorskip("vllm", exc_type=ImportError)
 
-from riselm.demo import prepare_demo  # noqa: E402
-from riselm.pipeline import run_pipeline  # noqa: E402
+from riselm.run.demo import prepare_demo  # noqa: E402
+from riselm.run.pipeline import run_pipeline  # noqa: E402
 
 OVERRIDES = [
-    "method=online", "threads=1", "boost.enabled=false",
-    "task.train_limit=8", "task.eval_limit=2", "task.options.train_size=20", "task.options.test_size=4",
-    "model.hidden_size=64", "model.num_layers=1", "model.num_heads=2",  # vLLM's CPU attention: head size 32
-    "learner.backend=vllm", "online.steps=2", "online.sync_every=1", "online.problems_per_step=2",
-    "online.episodes_per_problem=2", "online.turns=2", "online.sampling.max_new_tokens=8",
-    "online.learning_rate=1e-2", "eval.turns=1", "eval.parallel_samples=0", "eval.sampling.max_new_tokens=8",
+    "method=online",
+    "threads=1",
+    "boost.enabled=false",
+    "task.train_limit=8",
+    "task.eval_limit=2",
+    "task.options.train_size=20",
+    "task.options.test_size=4",
+    "model.hidden_size=64",
+    "model.num_layers=1",
+    "model.num_heads=2",  # vLLM's CPU attention: head size 32
+    "learner.backend=vllm",
+    "online.steps=2",
+    "online.sync_every=1",
+    "online.problems_per_step=2",
+    "online.episodes_per_problem=2",
+    "online.turns=2",
+    "online.sampling.max_new_tokens=8",
+    "online.learning_rate=1e-2",
+    "eval.turns=1",
+    "eval.parallel_samples=0",
+    "eval.sampling.max_new_tokens=8",
 ]
 
 

@@ -37,7 +37,9 @@ def test_expert_improver_named_in_the_schedule(tmp_path):
     learner = ScriptedGenerator(lambda c, s: "\\boxed{-5}", name="learner-model")
     expert = ScriptedGenerator(lambda c, s: f"\\boxed{{{2 * question_value(c)}}}", name="expert-model")
     settings = SETTINGS.model_copy(update={"schedule": schedule(("learner", 1), ("teacher", 2))})
-    episodes = collect(ToyTask(), {"learner": learner, "teacher": expert}, toy_problems(3)[1:], tmp_path / "e.jsonl", settings, show_progress=False)
+    episodes = collect(
+        ToyTask(), {"learner": learner, "teacher": expert}, toy_problems(3)[1:], tmp_path / "e.jsonl", settings, show_progress=False
+    )
     assert all([t.source for t in e.turns] == ["learner", "teacher"] for e in episodes)
     assert all(e.turns[-1].correct for e in episodes)
 

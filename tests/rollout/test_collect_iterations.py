@@ -25,7 +25,9 @@ def test_limit_takes_a_new_slice_each_iteration_unless_asked_for_the_first():
     problems = toy_problems(10)
     rotate = CollectSettings(limit=4)
     assert [[p.id for p in iteration_problems(problems, rotate, k)] for k in (1, 2, 3)] == [
-        ["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"], ["p8", "p9", "p0", "p1"],
+        ["p0", "p1", "p2", "p3"],
+        ["p4", "p5", "p6", "p7"],
+        ["p8", "p9", "p0", "p1"],
     ]
     first = CollectSettings(limit=4, limit_slices="first")
     assert [p.id for p in iteration_problems(problems, first, 3)] == ["p0", "p1", "p2", "p3"]
@@ -41,18 +43,24 @@ def test_collect_uses_the_iterations_slice(tmp_path):
 
 def test_no_turn_is_worse_than_the_one_before(tmp_path):
     """With unparsable answers at -1, best-of-N may offer only worse candidates: the episode ends instead."""
+
     def script(conversation, sample):
         if attempt_number(conversation) == 1:
             return "\\boxed{99}"  # wrong: reward 0
         return "no answer at all"  # unparsable: reward -1, worse than turn 1
-    episodes = collect(ToyTask(unparsable_reward=-1.0), ScriptedGenerator(script), toy_problems(3)[1:], tmp_path / "e.jsonl",
-                       SETTINGS, show_progress=False)
+
+    episodes = collect(
+        ToyTask(unparsable_reward=-1.0), ScriptedGenerator(script), toy_problems(3)[1:], tmp_path / "e.jsonl", SETTINGS, show_progress=False
+    )
     for episode in episodes:
         assert [t.reward for t in episode.turns] == [0.0]
         assert episode.turns[-1].feedback is None  # it ended there
+
     # an improvement of the same kind is kept: unparsable first, then a wrong but parsable answer
     def better(conversation, sample):
         return "none" if attempt_number(conversation) == 1 else "\\boxed{99}"
-    episodes = collect(ToyTask(unparsable_reward=-1.0), ScriptedGenerator(better), toy_problems(2)[1:], tmp_path / "f.jsonl",
-                       SETTINGS, show_progress=False)
+
+    episodes = collect(
+        ToyTask(unparsable_reward=-1.0), ScriptedGenerator(better), toy_problems(2)[1:], tmp_path / "f.jsonl", SETTINGS, show_progress=False
+    )
     assert [t.reward for t in episodes[0].turns] == [-1.0, 0.0, 0.0]

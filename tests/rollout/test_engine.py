@@ -28,7 +28,7 @@ def test_conversation_seed_depends_on_every_part_and_fits_31_bits():
 def test_each_conversation_gets_the_seed_of_its_problem_sample_and_turn():
     gen = ScriptedGenerator(seeded)
     episodes = rollout(ToyTask(), toy_problems(3), [Step(gen)], spec(chunk_size=3), show_progress=False)
-    for turn, (conversations, _, seeds) in enumerate(gen.calls):
+    for turn, (_, _, seeds) in enumerate(gen.calls):
         assert seeds == [conversation_seed(7, e.id, e.sample, turn) for e in episodes]
 
 
@@ -51,7 +51,9 @@ def test_chunking_order_and_resumption_give_the_same_episodes(tmp_path):
 def test_sequential_runs_every_turn_collection_stops_at_the_first_correct_one():
     always_right = ScriptedGenerator(lambda c, s: f"\\boxed{{{2 * question_value(c)}}}")
     (sequential,) = rollout(ToyTask(), toy_problems(2)[1:], [Step(always_right)], spec(), show_progress=False)
-    (collected,) = rollout(ToyTask(), toy_problems(2)[1:], [Step(always_right)], spec(mode="collect", stop_when_correct=True), show_progress=False)
+    (collected,) = rollout(
+        ToyTask(), toy_problems(2)[1:], [Step(always_right)], spec(mode="collect", stop_when_correct=True), show_progress=False
+    )
     assert [t.correct for t in sequential.turns] == [True, True, True]
     assert sequential.turns[0].feedback is not None and sequential.turns[-1].feedback is None
     assert len(collected.turns) == 1 and collected.turns[0].feedback is None
@@ -70,7 +72,9 @@ def test_parallel_is_k_one_turn_episodes_and_sample_0_is_the_sequential_first_tu
 def test_episodes_record_how_they_were_made():
     sampling = SamplingSettings(temperature=0.7, top_p=0.9, max_new_tokens=33)
     gen = ScriptedGenerator(seeded)
-    (episode,) = rollout(ToyTask(), toy_problems(1), [Step(gen)], spec(window=2, sampling=sampling, system="Be brief."), show_progress=False)
+    (episode,) = rollout(
+        ToyTask(), toy_problems(1), [Step(gen)], spec(window=2, sampling=sampling, system="Be brief."), show_progress=False
+    )
     assert (episode.window, episode.seed, episode.system) == (2, 7, "Be brief.")
     assert episode.sampling == {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 33}
     params = gen.calls[0][1]

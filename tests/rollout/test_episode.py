@@ -16,8 +16,18 @@ def write(path, rows):
 
 
 MINIMAL = [
-    {"id": "q1", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "a", "pred": "3", "reward": 0}, {"response": "b", "pred": "4", "reward": 1}]},
-    {"id": 2, "task": "gsm8k", "mode": "sequential", "turns": [{"response": "c", "pred": None, "reward": 0.0}, {"response": "d", "pred": "9", "reward": 1.0}]},
+    {
+        "id": "q1",
+        "task": "gsm8k",
+        "mode": "sequential",
+        "turns": [{"response": "a", "pred": "3", "reward": 0}, {"response": "b", "pred": "4", "reward": 1}],
+    },
+    {
+        "id": 2,
+        "task": "gsm8k",
+        "mode": "sequential",
+        "turns": [{"response": "c", "pred": None, "reward": 0.0}, {"response": "d", "pred": "9", "reward": 1.0}],
+    },
 ]
 
 
@@ -28,7 +38,11 @@ def test_metrics_accept_the_minimal_rows_of_another_tool(tmp_path):
 
 
 def test_the_task_named_in_the_file_decides_answer_equivalence(tmp_path):
-    turns = [{"response": "", "pred": "4", "reward": 1}, {"response": "", "pred": "4.0", "reward": 1}, {"response": "", "pred": "5", "reward": 0}]
+    turns = [
+        {"response": "", "pred": "4", "reward": 1},
+        {"response": "", "pred": "4.0", "reward": 1},
+        {"response": "", "pred": "5", "reward": 0},
+    ]
     row = {"id": "q", "mode": "sequential", "turns": turns}
     gsm8k = metrics_of_file(write(tmp_path / "a.jsonl", [dict(row, task="gsm8k")]))
     unknown = metrics_of_file(write(tmp_path / "b.jsonl", [dict(row, task="their-task")]))
@@ -40,8 +54,14 @@ def test_the_task_named_in_the_file_decides_answer_equivalence(tmp_path):
     "row, message",
     [
         ({"task": "gsm8k", "mode": "sequential", "turns": []}, "missing field(s) 'id'"),
-        ({"id": "x", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "a", "pred": "1"}]}, "turn 1: missing field(s) 'reward'"),
-        ({"id": "x", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "a", "pred": "1", "reward": "high"}]}, "'reward' must be a finite number"),
+        (
+            {"id": "x", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "a", "pred": "1"}]},
+            "turn 1: missing field(s) 'reward'",
+        ),
+        (
+            {"id": "x", "task": "gsm8k", "mode": "sequential", "turns": [{"response": "a", "pred": "1", "reward": "high"}]},
+            "'reward' must be a finite number",
+        ),
         ({"id": "x", "task": "gsm8k", "mode": "sequential", "turns": "abc"}, "'turns' must be a list"),
         ({"id": "x", "task": "gsm8k", "mode": "sequential", "turns": [], "sample": "first"}, "'sample' must be int"),
     ],
@@ -66,7 +86,13 @@ def test_a_directory_is_not_an_episodes_file(tmp_path):
 
 def test_round_trip_keeps_every_field():
     episode = Episode(
-        id="p", task="toy", mode="collect", prompt="Q", sample=2, window=2, seed=5,
+        id="p",
+        task="toy",
+        mode="collect",
+        prompt="Q",
+        sample=2,
+        window=2,
+        seed=5,
         sampling={"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 9},
         turns=[Turn("r", "1", 0.0, feedback="again", source="learner", num_candidates=4, num_tokens=3, truncated=True)],
     )

@@ -213,8 +213,15 @@ def test_same_answer_is_canonical_code_equality(mbpp):
 
 
 def test_answer_key_is_a_canonical_form_of_same_answer(mbpp):
-    answers = ["def f(x):\n    return x+1", "def f(x):  # comment\n    return (x + 1)", "def f(x):\n    return x+2",
-               "  def broken(:", "def broken(:", "a[ 1 ]", "a[1]"]
+    answers = [
+        "def f(x):\n    return x+1",
+        "def f(x):  # comment\n    return (x + 1)",
+        "def f(x):\n    return x+2",
+        "  def broken(:",
+        "def broken(:",
+        "a[ 1 ]",
+        "a[1]",
+    ]
     for task in (mbpp, CoNaLaTask()):
         for a in answers:
             for b in answers:

@@ -12,7 +12,6 @@ from riselm.training.boost import boost_samples, corrupt_numbers, last_boxed_spa
 from riselm.training.tokenize import IGNORE_INDEX, tokenize_sample
 from tests.toy import ToyTask
 
-
 PROBLEMS = [
     Problem("p0", "Ann has 3 apples and buys 15 more. How many?", "18", "3 + 15 = 18 apples.\n\\boxed{18}"),
     Problem("p1", "Half of 7?", "3.5", "7 / 2 = 3.5, so the answer is \\boxed{3.5}"),
@@ -91,7 +90,10 @@ def test_corrupt_numbers_changes_the_boxed_answer_and_its_last_mention():
 def test_wrong_attempts_from_episodes_use_the_models_wrong_responses():
     task = ToyTask()
     recorded = Episode(
-        "p0", "toy", "collect", task.prompt(PROBLEMS[0]),
+        "p0",
+        "toy",
+        "collect",
+        task.prompt(PROBLEMS[0]),
         [Turn("I get \\boxed{20}", "20", 0.0, feedback="retry"), Turn("I get \\boxed{18}", "18", 1.0)],
     )
     draw = wrong_attempts_from_episodes([recorded], fallback=None)

@@ -166,11 +166,15 @@ def test_samples_use_each_episodes_own_window_unless_told_otherwise(tmp_path, ca
 
 def test_first_turn_samples_for_the_single_turn_baselines():
     def single(eid, sample, response, reward):
-        return Episode(id=eid, task="toy", mode="collect", prompt=f"question {eid}", sample=sample,
-                       turns=[Turn(response, None, reward)])
+        return Episode(id=eid, task="toy", mode="collect", prompt=f"question {eid}", sample=sample, turns=[Turn(response, None, reward)])
 
-    episodes = [single("a", 0, "right", 1.0), single("a", 1, "wrong", 0.0), single("a", 2, "right", 1.0),
-                single("b", 0, "junk", -1.0), episode([0.0, 1.0], eid="c")]
+    episodes = [
+        single("a", 0, "right", 1.0),
+        single("a", 1, "wrong", 0.0),
+        single("a", 2, "right", 1.0),
+        single("b", 0, "junk", -1.0),
+        episode([0.0, 1.0], eid="c"),
+    ]
     sft = first_turn_samples(episodes)  # filtered SFT: correct first answers, weight 1, duplicates once
     assert [(s.episode_id, s.response, s.weight) for s in sft] == [("a", "right", 1.0)]
     assert sft[0].messages == [{"role": "user", "content": "question a"}, {"role": "assistant", "content": "right"}]

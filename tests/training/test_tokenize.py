@@ -6,7 +6,6 @@ import pytest
 
 from riselm.models import build_char_tokenizer
 from riselm.training.samples import TrainingSample
-from tests.templates import llama3_tokenizer
 from riselm.training.tokenize import (
     IGNORE_INDEX,
     TemplateError,
@@ -16,6 +15,7 @@ from riselm.training.tokenize import (
     tokenize_sample,
     tokenize_samples,
 )
+from tests.templates import llama3_tokenizer
 
 RETRY = "Your answer is incorrect. Please try again."
 
@@ -231,5 +231,3 @@ def test_collator_numbers_several_samples_of_one_row():
     assert padded["sample_weights"].tolist() == [2.0, 3.0, 0.5]
     packed = WeightedCollator(pad_token_id=0, pack=True).collate_rows(rows)
     assert packed["sample_index"].tolist() == [[0, 1, 0, 0, 2, 2]]
-
-

@@ -10,9 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from riselm.models import build_tiny_model
 from riselm.rollout.episode import Episode, Turn
+from riselm.settings import LoraSettings, RunSettings, TrainSettings
 from riselm.training.samples import TrainingSample
 from riselm.training.tokenize import EpisodeOrder, WeightedCollator, tokenize_samples
-from riselm.settings import LoraSettings, RunSettings, TrainSettings
 from riselm.training.trainer import WeightedTrainer, train_from_file, train_weighted, training_arguments
 
 
@@ -31,6 +31,7 @@ def make_model(tok, seed: int = 0):
 
 def make_samples() -> list[TrainingSample]:
     """Four samples of different lengths and weights (a correct, a wrong and an unparsable action…)."""
+
     def conv(question, answer, history=()):
         messages = [{"role": "user", "content": question}]
         for wrong in history:
@@ -48,16 +49,22 @@ def make_samples() -> list[TrainingSample]:
 def config(**overrides) -> TrainSettings:
     """Plain SGD with a constant rate, no clipping and no decay: the update is -lr × gradient."""
     base = dict(
-        optimizer="sgd", learning_rate=0.5, lr_scheduler="constant", warmup_ratio=0.0, weight_decay=0.0,
-        max_grad_norm=0.0, batch_size=4, grad_accum=1, gradient_checkpointing=False, logging_steps=1,
+        optimizer="sgd",
+        learning_rate=0.5,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        batch_size=4,
+        grad_accum=1,
+        gradient_checkpointing=False,
+        logging_steps=1,
     )
     return TrainSettings(**{**base, **overrides})
 
 
 def make_trainer(model, tmp_path, tok):
-    return WeightedTrainer(
-        model=model, args=training_arguments(config(), tmp_path), data_collator=WeightedCollator(tok.pad_token_id)
-    )
+    return WeightedTrainer(model=model, args=training_arguments(config(), tmp_path), data_collator=WeightedCollator(tok.pad_token_id))
 
 
 def batch(tok, samples, pack=False, weights=None, share_prefixes=False):
@@ -95,9 +102,14 @@ def test_loss_is_mean_over_samples_of_weight_times_mean_token_ce(tmp_path, char_
 @pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
 def test_shared_prefix_rows_give_the_same_loss_and_gradients_as_one_row_per_turn(tmp_path, char_tokenizer, pack):
     tok = char_tokenizer
-    history = [{"role": "user", "content": "6*7?"}, {"role": "assistant", "content": "\\boxed{41}"},
-               {"role": "user", "content": "Try again."}, {"role": "assistant", "content": "\\boxed{43}"},
-               {"role": "user", "content": "Try again."}, {"role": "assistant", "content": "6*7 = 42, \\boxed{42}"}]
+    history = [
+        {"role": "user", "content": "6*7?"},
+        {"role": "assistant", "content": "\\boxed{41}"},
+        {"role": "user", "content": "Try again."},
+        {"role": "assistant", "content": "\\boxed{43}"},
+        {"role": "user", "content": "Try again."},
+        {"role": "assistant", "content": "6*7 = 42, \\boxed{42}"},
+    ]
     turns = [TrainingSample(history[: 2 * t + 2], r, w, "d", t) for t, (r, w) in enumerate([(0, 1.0), (0, 0.5), (1, 12.18)])]
     samples = turns + make_samples()[:2]
     model = make_model(tok)
@@ -202,7 +214,9 @@ def test_gradient_accumulation_gives_the_full_batch_update(tmp_path, char_tokeni
     """One step of 4 samples, as 4/micro accumulated micro-batches, equals -lr × the full batch's gradient."""
     tok, samples = char_tokenizer, make_samples()
     reference = make_model(tok)
-    expected = [p - 0.5 * g for p, g in zip(params(reference), grads(make_trainer(reference, tmp_path, tok), reference, batch(tok, samples)))]
+    expected = [
+        p - 0.5 * g for p, g in zip(params(reference), grads(make_trainer(reference, tmp_path, tok), reference, batch(tok, samples)))
+    ]
 
     model = make_model(tok)
     cfg = config(batch_size=micro, grad_accum=4 // micro, packing=pack, max_steps=1)
@@ -278,7 +292,10 @@ def test_lora_training_saves_an_adapter_or_a_merged_model_that_changes_outputs(t
 
     tok = char_tokenizer
     cfg = config(
-        optimizer="adamw_torch", learning_rate=5e-2, max_steps=3, gradient_checkpointing=True,
+        optimizer="adamw_torch",
+        learning_rate=5e-2,
+        max_steps=3,
+        gradient_checkpointing=True,
         lora=LoraSettings(r=4, alpha=8, merge=merge),
     )
     final = train_weighted(make_model(tok), make_samples(), tmp_path / "lora", cfg, tokenizer=tok)

@@ -59,7 +59,6 @@ What is guaranteed, by isolation level (`isolation()` says which is in force; ev
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -125,7 +124,9 @@ def run_programs(sources: list[str], limits: Limits | None = None, workers: int 
 
 
 def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from riselm.hardware import usable_cpus
+
+    return usable_cpus()
 
 
 @functools.cache
@@ -146,5 +147,5 @@ def _namespaces_work() -> bool:
     except SandboxError as e:
         problem = str(e)
     if problem:
-        warnings.warn(f"sandbox: namespace isolation failed ({problem}); using the fallback isolation", RuntimeWarning)
+        warnings.warn(f"sandbox: namespace isolation failed ({problem}); using the fallback isolation", RuntimeWarning, stacklevel=2)
     return not problem

@@ -88,6 +88,8 @@ def _launch(workdir: str, token: str, limits: Limits) -> tuple[str, list[dict], 
         proc.stdout.close()
         os.close(result_r)
     return output, _parse_records(records), timed_out
+
+
 def _collect(output_fd: int, result_fd: int, limits: Limits) -> tuple[str, bytes, bool]:
     """Read both pipes until every writer is gone or the wall-clock limit passes."""
     output = _CappedBuffer(limits.max_output_bytes)
@@ -149,9 +151,7 @@ def _parse_records(data: bytes) -> list[dict]:
     return records
 
 
-def _judge(
-    records: list[dict], token: str, output: str, timed_out: bool, limits: Limits, duration: float
-) -> ExecResult:
+def _judge(records: list[dict], token: str, output: str, timed_out: bool, limits: Limits, duration: float) -> ExecResult:
     """Turn what the sandbox reported into one status and reason."""
     first = records[0].get("kind") if records else None  # the first was written before the program ran
     if first == runner.SETUP_ERROR:
@@ -161,7 +161,7 @@ def _judge(
         isolation = Isolation(**{k: str(records[0].get(k)) for k in Isolation.__dataclass_fields__})
 
     def result(status: str, reason: str) -> ExecResult:
-        return ExecResult(status, reason[:runner.REASON_CHARS], output, duration, isolation)
+        return ExecResult(status, reason[: runner.REASON_CHARS], output, duration, isolation)
 
     verdicts = [r for r in records if r.get("kind") == runner.VERDICT]
     if any(v.get("status") == "passed" and v.get("token") == token for v in verdicts):

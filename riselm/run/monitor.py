@@ -10,13 +10,15 @@ update) with generated tokens per second.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from riselm.files import save_figure
 from riselm.jsonl import JsonlAppender, iter_jsonl, write_jsonl
 from riselm.rollout.episode import Episode
 from riselm.rundir import RunLayout
+from riselm.tables import pyplot, save_figure
+
 
 def rollout_stats(episodes: Sequence[Episode], turns: int) -> dict[str, float]:
     """Reward and accuracy per turn, transition rates and the no-answer share of a step's episodes."""
@@ -87,14 +89,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Accuracy of each turn against the step, with the no-answer share, into `path`."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [row["step"] for row in rows]
     turns = sorted({int(k[5:]) for row in rows for k in row if k.startswith("acc@t")})
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.2))
     for i, t in enumerate(turns):  # a step holds few episodes: each step faint, a moving mean over 10 drawn
         values = [row.get(f"acc@t{t}") for row in rows]
         ax.plot(steps, _gaps(values), color=f"C{i}", linewidth=0.5, alpha=0.3)
@@ -105,10 +102,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     ax.set_title("online RL: accuracy of each turn during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _moving_mean(values: Sequence[float | None], window: int) -> list[float | None]:

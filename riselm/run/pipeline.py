@@ -3,7 +3,7 @@
 Each iteration reads top to bottom: collect -> build samples -> train -> evaluate; the method
 (`RunSettings.method`) decides which samples are built (RISE's, its success-only ablation, or the
 single-turn baselines), and `method: online` replaces the iterations by online RL
-(riselm.online.loop). Every stage writes into its own folder of the run directory (riselm.rundir's
+(riselm.run.online). Every stage writes into its own folder of the run directory (riselm.rundir's
 `RunLayout` names every path) and is skipped when its output is complete, so running the same
 command again after a crash continues where it stopped (collection and evaluation resume inside
 their episodes files, training from its last complete checkpoint). In a distributed run every
@@ -12,30 +12,30 @@ process runs these same calls (riselm.distributed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
 from riselm import distributed
 from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
+from riselm.files import write_text_atomic
 from riselm.generation.base import Generator
 from riselm.generators import Learner, build_expert
-from riselm.files import write_text_atomic
+from riselm.hardware import usable_cpus
 from riselm.jsonl import write_jsonl
+from riselm.methods import METHODS, Method
 from riselm.progress import timed
-from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim
 from riselm.rollout.collect import collect
 from riselm.rollout.episode import Episode, read_episodes
+from riselm.run.summary import StageResult, write_summary
+from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim
 from riselm.settings import RunSettings, TrainSettings
-from riselm.summary import StageResult, write_summary
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem, Task
-from riselm.methods import METHODS, Method
 from riselm.training.samples import TrainingSample
-
 
 
 @dataclass
@@ -189,8 +189,14 @@ def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, ite
     experts = {name: build_expert(expert) for name, expert in settings.experts.items() if name in named}
     try:
         episodes = collect(
-            run.task, {**generators, **experts}, run.train_problems, episodes_path, collect_settings, settings.seed,
-            run.show_progress, iteration=iteration,
+            run.task,
+            {**generators, **experts},
+            run.train_problems,
+            episodes_path,
+            collect_settings,
+            settings.seed,
+            run.show_progress,
+            iteration=iteration,
         )
     finally:
         for expert in experts.values():
@@ -236,7 +242,11 @@ def train_stage(
     run.stage(f"train ({train_dir})")
     learner.close()  # a generation engine may hold the memory training needs
     final = train_weighted(
-        resolve_model_dir(init_model), samples, train_dir, settings, show_progress=run.show_progress,
+        resolve_model_dir(init_model),
+        samples,
+        train_dir,
+        settings,
+        show_progress=run.show_progress,
         strategy=run.settings.distributed.strategy,
     )
     run.world.barrier()
@@ -248,7 +258,7 @@ def train_stage(
 
 def online(run: Run, learner: Learner, model: str) -> list[StageResult]:
     """Online multi-turn RL from `model`: the live policy's evaluations along the way, then the final one."""
-    from riselm.online.loop import online_stage
+    from riselm.run.online import online_stage
 
     seconds: dict[str, float] = {}
     learner.close()  # the online stage holds its own copy of the policy
@@ -265,8 +275,14 @@ def evaluate_stage(run: Run, learner: Learner, model: str, name: str, seconds: d
     run.stage(f"evaluate ({eval_dir})")
     with timed(seconds, "eval"):
         result = evaluate(
-            run.task, learner.at(model), eval_dir, run.settings.eval, problems=run.eval_problems,
-            seed=run.settings.seed, show_progress=run.show_progress, title=f"{name}: {run.task.name}",
+            run.task,
+            learner.at(model),
+            eval_dir,
+            run.settings.eval,
+            problems=run.eval_problems,
+            seed=run.settings.seed,
+            show_progress=run.show_progress,
+            title=f"{name}: {run.task.name}",
         )
     return StageResult(name, model, result.sequential, result.parallel, seconds)
 
@@ -289,12 +305,9 @@ def run_identity(settings: RunSettings) -> dict:
 def set_cpu_threads(threads: int, processes: int = 1) -> None:
     """Use `threads` torch threads, never more than this process's share of the CPUs it may run on (a
     tiny model on a shared machine slows down many times over when threads outnumber the cores)."""
-    import os
-
     import torch
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(threads, usable // processes)))
+    torch.set_num_threads(max(1, min(threads, usable_cpus() // processes)))
 
 
 def _has_gpu() -> bool:

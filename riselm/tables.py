@@ -1,9 +1,11 @@
-"""Shared output helpers of the analyses: number cells, markdown tables, matplotlib without a display."""
+"""Output helpers every report uses (evaluation, summary, online monitor, analyses): number cells,
+markdown tables, percentages, matplotlib without a display."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from riselm import files
 

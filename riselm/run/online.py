@@ -23,20 +23,24 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
-from riselm.rundir import FINAL_PARTIAL, ONLINE_PREFIX
 from riselm.evaluation.evaluate import evaluate
 from riselm.online.batch import action_rows
-from riselm.online.monitor import Monitor, rollout_stats
 from riselm.online.update import PolicyUpdater
 from riselm.rollout.engine import RolloutSpec, Step, conversation_seed, rollout
 from riselm.rollout.episode import Episode
+from riselm.run.monitor import Monitor, rollout_stats
+from riselm.rundir import FINAL_PARTIAL, ONLINE_PREFIX
 from riselm.tasks.base import Problem
+
+if TYPE_CHECKING:  # the pipeline imports this module when a run reaches its online stage
+    from riselm.run.pipeline import Run
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +58,17 @@ def step_problems(problems: Sequence[Problem], step: int, size: int, seed: int) 
     return chosen
 
 
-def step_spec(run, step: int) -> RolloutSpec:
+def step_spec(run: Run, step: int) -> RolloutSpec:
     s = run.settings.online
     return RolloutSpec(
-        mode="online", turns=s.turns, stop_when_correct=s.stop_when_correct,
-        episodes_per_problem=s.episodes_per_problem, window=s.window, sampling=s.sampling,
-        seed=conversation_seed(run.settings.seed, "online-step", 0, step), chunk_size=s.problems_per_step,
+        mode="online",
+        turns=s.turns,
+        stop_when_correct=s.stop_when_correct,
+        episodes_per_problem=s.episodes_per_problem,
+        window=s.window,
+        sampling=s.sampling,
+        seed=conversation_seed(run.settings.seed, "online-step", 0, step),
+        chunk_size=s.problems_per_step,
         keep_candidates=True,
     )
 
@@ -71,7 +80,7 @@ def group_by_problem(episodes: Sequence[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
-def online_stage(run, start_model: str) -> str:
+def online_stage(run: Run, start_model: str) -> str:
     """Train `start_model` online into the run's online/ folder; returns the final model's directory.
 
     The live policy is evaluated into online/eval-step{N} every `eval_every` steps (RunLayout); the
@@ -139,14 +148,20 @@ def _evaluates_at(settings, number: int) -> bool:
     return bool(settings.eval_every) and 0 < number < settings.steps and number % settings.eval_every == 0
 
 
-def _evaluate_live(run, generator, number: int) -> None:
+def _evaluate_live(run: Run, generator, number: int) -> None:
     evaluate(
-        run.task, generator, run.layout.online_eval_dir(number), run.settings.eval, problems=run.eval_problems,
-        seed=run.settings.seed, show_progress=False, title=f"{ONLINE_PREFIX}{number}: {run.task.name}",
+        run.task,
+        generator,
+        run.layout.online_eval_dir(number),
+        run.settings.eval,
+        problems=run.eval_problems,
+        seed=run.settings.seed,
+        show_progress=False,
+        title=f"{ONLINE_PREFIX}{number}: {run.task.name}",
     )
 
 
-def _policy_generator(run, model, tokenizer):
+def _policy_generator(run: Run, model, tokenizer):
     """The live policy on the hf backend, or a vLLM engine synced every `sync_every` steps."""
     learner = run.settings.learner
     if learner.backend == "hf":

@@ -31,7 +31,8 @@ boost:
   enabled: true
   history_turns: 1          # with the context window of 2 below, every turn after the first looks like this
   limit: 8000
-  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100, precision: fp32}
+  train: {learning_rate: 5.0e-3, epochs: 1, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512,
+          save_steps: 100000, logging_steps: 100, precision: fp32}
 iterations: 2
 collect:
   limit: 2000
@@ -40,7 +41,8 @@ collect:
   schedule: [{model: learner, n: 1}, {model: learner, n: 4}]
   sampling: {max_new_tokens: 80}
   chunk_size: 250
-train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512, save_steps: 100000, logging_steps: 100, precision: fp32}
+train: {learning_rate: 2.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512,
+        save_steps: 100000, logging_steps: 100, precision: fp32}
 eval: {turns: 5, parallel_samples: 5, window: 2, sampling: {max_new_tokens: 80}, chunk_size: 500}
 online:                     # method=online: after the boost, 100 steps of online RL (benchmarks/results/online.md)
   steps: 100
@@ -95,7 +97,7 @@ def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
 
 def prepare_demo(out: str | Path, overrides: Sequence[str] = (), overwrite: bool = False) -> RunSettings:
     """The demo's settings, with its from-scratch model written into `out` (once, after claiming `out`)."""
-    from riselm.pipeline import run_identity
+    from riselm.run.pipeline import run_identity
     from riselm.rundir import claim
 
     settings, shape = demo_config(out, overrides)
@@ -107,6 +109,6 @@ def prepare_demo(out: str | Path, overrides: Sequence[str] = (), overwrite: bool
 
 def run_demo(out: str | Path = "runs/demo", overrides: Sequence[str] = (), show_progress: bool = True):
     """Run (or resume) the demo into `out` in this process; returns the pipeline's stage results."""
-    from riselm.pipeline import run_pipeline
+    from riselm.run.pipeline import run_pipeline
 
     return run_pipeline(prepare_demo(out, overrides), show_progress=show_progress)

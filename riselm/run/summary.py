@@ -7,13 +7,15 @@ with (5 and 5 in the paper), so a run evaluated with 3 turns shows m1@t3, not an
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from riselm.evaluation.report import plot_turn_curves
 from riselm.files import write_json, write_text_atomic
 from riselm.rundir import RunLayout
+from riselm.tables import markdown_table
 
 
 @dataclass
@@ -25,7 +27,7 @@ class StageResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step run this time
 
     @classmethod
-    def from_metrics(cls, path: Path, name: str) -> "StageResult":
+    def from_metrics(cls, path: Path, name: str) -> StageResult:
         """The result of an evaluation from the metrics.json it wrote."""
         saved = json.loads(Path(path).read_text())
         return cls(name, saved.get("model", ""), saved["sequential"], saved.get("parallel"))
@@ -55,12 +57,10 @@ def write_summary(layout: RunLayout, stages: Sequence[StageResult], title: str =
     keys = table_keys(stages)
     summary: dict[str, Any] = {"keys": keys, "stages": [s.row(keys) for s in stages]}
     write_json(layout.summary("json"), summary)
-    lines = [f"# {title}", "", "| stage | " + " | ".join(keys) + " | acc@tk |", "|---|" + "---|" * (len(keys) + 1)]
-    for row in summary["stages"]:
-        cells = ["–" if row[k] is None else f"{row[k]:.1f}" for k in keys]
-        curve = " → ".join(f"{v:.1f}" for v in row["acc@tk"] if v is not None)
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {curve} |")
-    write_text_atomic(layout.summary("md"), "\n".join(lines) + "\n")
+    rows = [
+        [row["name"], *(row[k] for k in keys), " → ".join(f"{v:.1f}" for v in row["acc@tk"] if v is not None)] for row in summary["stages"]
+    ]
+    write_text_atomic(layout.summary("md"), f"# {title}\n\n" + markdown_table(["stage", *keys, "acc@tk"], rows) + "\n")
     if stages:
         plot_turn_curves(
             {s.name: s.sequential for s in stages},

@@ -1,0 +1,75 @@
+"""What every riselm command shares: one clean line and exit code 2 for a user's mistake, options
+parsed into settings, an output directory claimed for the work (riselm.rundir).
+
+riselm.cli and riselm.analysis.cli import these; the library underneath never does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def run(fn, *args, **kwargs):
+    """Call a library function; turn user errors (bad data or options, unreachable models, a full or
+    read-only disk) into one clean line and exit code 2."""
+    from riselm.distributed import WorkerFailed
+    from riselm.generation.errors import BackendUnavailable
+    from riselm.jsonl import DataError
+
+    try:
+        return fn(*args, **kwargs)
+    except (DataError, BackendUnavailable, ValueError, WorkerFailed) as e:
+        fail(str(e))
+    except OSError as e:  # FileNotFoundError, PermissionError, a full disk, a path under a regular file
+        where = f"{e.filename}: " if e.filename else ""
+        fail(f"{where}{e.strerror or e}")
+
+
+# settings fields whose command-line option has another name
+OPTION_NAMES = {
+    "parallel_samples": "parallel",
+    "eval_split": "split",
+    "eval_data": "data",
+    "eval_limit": "limit",
+    "train_split": "split",
+    "train_data": "data",
+    "train_limit": "limit",
+}
+
+
+def settings_of(model, values: dict[str, Any]):
+    """`model` validated from CLI option values; an invalid value is an error naming its option."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = str(err["loc"][-1]) if err["loc"] else "?"
+            option = OPTION_NAMES.get(field, field).replace("_", "-")
+            problems.append(f"--{option}: {err['msg'].removeprefix('Value error, ')} (got {err.get('input')!r})")
+        fail("; ".join(problems))
+
+
+def options(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs (values read as YAML) as a dict."""
+    from riselm.config import apply_overrides
+
+    return run(apply_overrides, {}, pairs)
+
+
+def claim(out: Path, overwrite: bool, *, model: str | None, data: str | Path | None = None, **identity: Any) -> None:
+    """Claim the output directory for this command's settings (riselm.rundir): resume only the same work."""
+    from riselm.rundir import claim, data_identity, model_identity
+
+    identity = {**identity, "model": model_identity(model), "data": data_identity(data)}
+    run(claim, out, identity, overwrite)
