@@ -324,7 +324,8 @@ def test_other_requests_stop_retrying_once_one_gives_up():
 @pytest.mark.parametrize("then, how", [("refuse", "connection refused"), ("reset", "connection reset")])
 def test_a_server_that_dies_after_errors_is_reported_dead_with_its_last_error(then, how):
     with FakeServer(failures=[500, 503], then=then) as server:
-        gen = generator(server.url, max_retries=100, max_wait_s=0.5, backoff_s=0.01)
+        # 2 s of patience: on a loaded machine a reset can take longer to arrive than a short wait allows
+        gen = generator(server.url, max_retries=100, max_wait_s=2.0, backoff_s=0.01)
         started = time.monotonic()
         with pytest.raises(BackendUnavailable) as error:
             gen.generate([QUESTION], SamplingParams())
@@ -333,7 +334,7 @@ def test_a_server_that_dies_after_errors_is_reported_dead_with_its_last_error(th
     assert message.startswith(
         f"the server at {server.url} stopped answering ({how}) after answering 503: scripted failure 503; gave up after "
     ), message
-    assert "\n" not in message and elapsed < 1.5 and abs(reported_seconds(message) - elapsed) < 0.3
+    assert "\n" not in message and elapsed < 3.5 and abs(reported_seconds(message) - elapsed) < 0.3
 
 
 def test_the_last_error_body_is_shortened_to_one_line():

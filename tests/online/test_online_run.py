@@ -118,7 +118,7 @@ def test_a_killed_run_resumes_to_the_same_result(finished, tmp_path, monkeypatch
 
 
 def test_a_run_killed_during_an_evaluation_finishes_it_on_resume(tmp_path, monkeypatch):
-    from riselm.online import loop
+    from riselm.run import online as loop
 
     original = loop._evaluate_live
 
