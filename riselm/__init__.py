@@ -12,7 +12,7 @@ The entry points are imported on first use, so `import riselm` stays cheap.
 __version__ = "0.1.0"
 
 _ENTRY_POINTS = {
-    "build_generator": "riselm.generation",
+    "build_generator": "riselm.generators",
     "collect": "riselm.rollout.collect",
     "evaluate": "riselm.evaluation.evaluate",
     "get_task": "riselm.tasks",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from riselm.generation.base import SamplingParams
+from riselm.generation.base import DEFAULT_BATCH_SIZE, SamplingParams
 
 
 class _Settings(BaseModel):
@@ -53,7 +53,7 @@ class GeneratorSettings(_Settings):
     model: str | None = None  # model spec; for the learner it is set by the pipeline to the current checkpoint
     base_url: str | None = None  # backend openai: the server's URL
     api_key_env: str = "OPENAI_API_KEY"  # backend openai: the variable holding the key
-    batch_size: int = Field(32, ge=1)  # backend hf: sequences generated together
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)  # backend hf: sequences generated together
     # backend hf: the weights' dtype for generation (auto: bf16 where the hardware has it natively, riselm.hardware);
     # an explicit options.dtype wins
     precision: Literal["fp32", "bf16", "auto"] = "auto"

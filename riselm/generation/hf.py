@@ -33,7 +33,7 @@ from typing import cast
 
 from transformers import StopStringCriteria
 
-from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
+from riselm.generation.base import DEFAULT_BATCH_SIZE, Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
 from riselm.generation.decoding import Sampling, sample_batch
 
 
@@ -56,7 +56,9 @@ class HFGenerator:
         which keeps memory flat when prompts are long.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, max_batch_tokens: int | None = None, name: str | None = None):
+    def __init__(
+        self, model, tokenizer, batch_size: int = DEFAULT_BATCH_SIZE, max_batch_tokens: int | None = None, name: str | None = None
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if tokenizer.chat_template is None:

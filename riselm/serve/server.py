@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any
 
+from riselm.generation.base import DEFAULT_BATCH_SIZE
 from riselm.serve.settings import ServeSettings
 
 logger = logging.getLogger("riselm.serve")
@@ -22,7 +23,7 @@ def build_backend(
     backend: str = "hf",
     *,
     base_url: str | None = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     settings: ServeSettings = ServeSettings(),
     options: dict[str, Any] | None = None,
     check: bool = True,
@@ -30,7 +31,7 @@ def build_backend(
     """The generator a server answers with. On the openai backend the generator's own concurrency,
     time limits and retries are fitted to the server's (a request never waits past its timeout), and
     the server behind it is checked first (`check`): an unreachable one is an error now, not at the first request."""
-    from riselm.generation import build_generator
+    from riselm.generators import build_generator
 
     options = dict(options or {})
     if backend == "openai":
@@ -68,7 +69,7 @@ def serve(
     base_url: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     options: dict[str, Any] | None = None,
     api_key_env: str | None = None,
     log_level: str = "info",

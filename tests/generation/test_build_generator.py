@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from riselm.generation import build_generator
 from riselm.generation.hf import HFGenerator
 from riselm.generation.openai_compat import OpenAIGenerator
+from riselm.generators import build_generator
 
 
 def test_hf_backend_loads_the_model_and_ignores_http_options(tiny_model_dir):
@@ -35,3 +35,13 @@ def test_missing_vllm_backend_says_how_to_install(monkeypatch):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown generation backend 'tgi'"):
         build_generator("m", backend="tgi")
+
+
+def test_one_default_batch_size_whichever_way_a_generator_is_built(tiny_model_dir, tiny_model, char_tokenizer):
+    from riselm.generators import build
+    from riselm.settings import GeneratorSettings
+
+    default = GeneratorSettings().batch_size
+    assert build_generator(str(tiny_model_dir)).batch_size == default
+    assert build(GeneratorSettings(), str(tiny_model_dir)).batch_size == default
+    assert HFGenerator(tiny_model, char_tokenizer).batch_size == default
