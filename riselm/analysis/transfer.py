@@ -20,6 +20,7 @@ from typing import Any
 
 from riselm.analysis.runs import RunDir, models_of, read_run
 from riselm.files import write_json, write_text_atomic
+from riselm.rundir import claim, model_identity, without
 from riselm.settings import EvalSettings, GeneratorSettings
 from riselm.tables import markdown_table, pyplot, save_figure
 from riselm.tasks.base import Task
@@ -94,6 +95,9 @@ def transfer(
     for stage, model in models_of(run, list(stages) if stages else None).items():
         with Learner(generator) as learner:  # builds the model only when something is left to generate
             for label, task in built.items():
+                # each evaluation resumes in its folder: only the same evaluation may (riselm.rundir)
+                identity = eval_identity(model, label, task_options, split, limit, seed, settings, generator)
+                claim(out / stage / label, identity)
                 result = evaluate(
                     task,
                     learner.at(model),
@@ -108,6 +112,31 @@ def transfer(
     summary = {"run_dir": str(run.path), "settings": settings.model_dump(), "seed": seed, "rows": rows}
     write_transfer(summary, out)
     return summary
+
+
+def eval_identity(
+    model: str,
+    label: str,
+    task_options: dict[str, Any] | None,
+    split: str | None,
+    limit: int | None,
+    seed: int,
+    settings: EvalSettings,
+    generator: GeneratorSettings,
+) -> dict[str, Any]:
+    """What decides the content of one transfer evaluation folder (riselm.rundir.claim)."""
+    return {
+        "command": "analyze transfer",
+        "model": model_identity(model),
+        "task": label,
+        "task_options": task_options or {},
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "settings": without(settings.model_dump(), ["chunk_size", "base"]),
+        "backend": generator.backend,
+        "precision": generator.precision,
+    }
 
 
 def run_eval_settings(run: RunDir) -> EvalSettings:

@@ -5,7 +5,9 @@ import json
 import pytest
 import yaml
 
-from riselm.analysis.transfer import TaskSpec, transfer
+from riselm.analysis.runs import read_run
+from riselm.analysis.transfer import TaskSpec, eval_identity, run_eval_settings, run_generator_settings, transfer
+from riselm.rundir import RunDirError, claim
 from tests.analysis.helpers import stage_row, write_summary
 
 EVAL = {"turns": 2, "parallel_samples": 2, "window": 2, "sampling": {"max_new_tokens": 6}, "chunk_size": 8}
@@ -90,6 +92,11 @@ def seed_episodes(folder, task, problems):
 def test_transfer_to_another_difficulty(tmp_path, tiny_run):
     out = tmp_path / "transfer"
     digits1 = TaskSpec.parse("arithmetic:digits=1").build()
+    run = read_run(tiny_run)  # hand-made episodes in a folder claimed for exactly this evaluation
+    identity = eval_identity(
+        run.stage_model("boost"), "arithmetic_digits=1", None, None, 2, 3, run_eval_settings(run), run_generator_settings(run)
+    )
+    claim(out / "boost" / "arithmetic_digits=1", identity)
     seed_episodes(out / "boost" / "arithmetic_digits=1", digits1, digits1.load(limit=2))
     result = transfer(tiny_run, ["arithmetic:digits=1", "arithmetic:digits=2"], out, limit=2)
     assert result["seed"] == 3 and result["settings"]["turns"] == 2  # the run's own settings
@@ -114,6 +121,10 @@ def test_transfer_to_another_difficulty(tmp_path, tiny_run):
     before = episodes.read_text()
     again = transfer(tiny_run, ["arithmetic:digits=1", "arithmetic:digits=2"], out, limit=2)
     assert episodes.read_text() == before and again["rows"] == result["rows"]
+    # another evaluation into the same folders stops, naming the setting, and mixes nothing in
+    with pytest.raises(RunDirError, match="limit=2, not limit=3"):
+        transfer(tiny_run, ["arithmetic:digits=1", "arithmetic:digits=2"], out, limit=3)
+    assert episodes.read_text() == before
 
 
 def test_an_unknown_task_fails_before_any_model_loads(tmp_path, tiny_run):
