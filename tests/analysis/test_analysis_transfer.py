@@ -84,7 +84,7 @@ def seed_episodes(folder, task, problems):
     sequential = [row(a, "sequential", 0, [turn(a, True), turn(a, False)]), row(b, "sequential", 0, [turn(b, False), turn(b, False)])]
     parallel = [row(a, "parallel", 0, [turn(a, False)]), row(a, "parallel", 1, [turn(a, True)])]
     parallel += [row(b, "parallel", i, [turn(b, True)]) for i in range(2)]
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("sequential", sequential), ("parallel", parallel)):
         (folder / f"episodes.{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
