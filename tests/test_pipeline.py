@@ -121,7 +121,8 @@ def test_unknown_task_fails_before_any_work(tmp_path):
 def test_each_method_builds_the_samples_it_claims(tmp_path, method):
     from riselm.jsonl import write_jsonl
     from riselm.rollout.episode import Episode, Turn
-    from riselm.run.pipeline import Run, build_samples
+    from riselm.run.context import Run
+    from riselm.run.pipeline import build_samples
     from riselm.settings import RunSettings
     from tests.toy import ToyTask
 

@@ -25,7 +25,6 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,12 +34,10 @@ from riselm.online.batch import action_rows
 from riselm.online.update import PolicyUpdater
 from riselm.rollout.engine import RolloutSpec, Step, conversation_seed, rollout
 from riselm.rollout.episode import Episode
+from riselm.run.context import Run
 from riselm.run.monitor import Monitor, rollout_stats
 from riselm.rundir import FINAL_PARTIAL, ONLINE_PREFIX
 from riselm.tasks.base import Problem
-
-if TYPE_CHECKING:  # the pipeline imports this module when a run reaches its online stage
-    from riselm.run.pipeline import Run
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ process runs these same calls (riselm.distributed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -26,41 +25,16 @@ from riselm.generation.base import Generator
 from riselm.generators import Learner, build_expert
 from riselm.hardware import usable_cpus
 from riselm.jsonl import write_jsonl
-from riselm.methods import METHODS, Method
+from riselm.methods import METHODS
 from riselm.progress import timed
 from riselm.rollout.collect import collect
 from riselm.rollout.episode import Episode, read_episodes
+from riselm.run.context import Run
 from riselm.run.summary import StageResult, write_summary
 from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim
 from riselm.settings import RunSettings, TrainSettings
 from riselm.tasks import get_task
-from riselm.tasks.base import Problem, Task
 from riselm.training.samples import TrainingSample
-
-
-@dataclass
-class Run:
-    """What every stage of a run needs."""
-
-    settings: RunSettings
-    task: Task
-    train_problems: list[Problem]
-    eval_problems: list[Problem]
-    out: Path  # the run directory
-    show_progress: bool = True
-    world: distributed.World = distributed.World()  # this process among the run's processes
-
-    @property
-    def layout(self) -> RunLayout:
-        return RunLayout(self.out)
-
-    @property
-    def method(self) -> Method:
-        return METHODS[self.settings.method]
-
-    def stage(self, name: str) -> None:
-        """Record the stage this process is in (a failed worker is reported with it)."""
-        distributed.set_stage(self.out, self.world, name)
 
 
 def run_pipeline(settings: RunSettings, show_progress: bool = True) -> list[StageResult]:
