@@ -166,7 +166,7 @@ def main() -> None:
     if args.model == "scripted":
         generator = scripted_generator(0.02)
     else:
-        from riselm.generation import build_generator
+        from riselm.generators import build_generator
 
         generator = build_generator(args.model, backend="hf", batch_size=max(16, args.concurrency))
     sampling = SamplingSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
