@@ -121,6 +121,7 @@ class VLLMGenerator:
         self._lora = None  # the LoRARequest every generation uses, or None
         self._lora_ids = 0  # vLLM caches adapters by integer id: every new adapter gets the next one
         self._dead: str | None = None  # why the engine stopped working, until the next start
+        self._threads = 0  # the torch (OpenMP) thread count the engine was started with
         self._processed_logprobs = False  # whether the engine's log-probs are after temperature and top-p
 
         model_dir = resolve_model(model)
@@ -136,6 +137,11 @@ class VLLMGenerator:
     ) -> list[list[Completion]]:
         seeds = check_seeds(seeds, len(conversations))
         llm = self._engine()
+        # vLLM's CPU attention refuses to run on another OpenMP thread count than the engine was set up
+        # with, and a thread other than the one that started the engine (a server's worker) starts with
+        # OpenMP's default: generate on the engine's count.
+        if not cuda_available() and self._threads and torch_threads() != self._threads:
+            set_torch_threads(self._threads)
         started = time.perf_counter()
         prompts = [self._prompt_ids(conversation) for conversation in conversations]
         # A prompt that leaves no room for one new token makes vLLM refuse the whole batch; such a
@@ -249,6 +255,7 @@ class VLLMGenerator:
                 raise BackendUnavailable(f"vLLM could not start an engine for {model_dir}: {type(error).__name__}: {error}") from error
         self.stats.extra["engine_starts"] += 1
         self.stats.extra["engine_start_seconds"] += time.perf_counter() - started
+        self._threads = torch_threads()
         self._tokenizer, self._base_dir, self._dead = tokenizer, model_dir, None
         self._lora = self._lora_request(adapter) if adapter is not None else None
 
@@ -339,3 +346,15 @@ def _sampled_logprobs(sample, token_ids: tuple[int, ...]) -> tuple[float, ...]:
     if sample.logprobs is None or len(sample.logprobs) != len(token_ids):
         raise RuntimeError(f"vLLM returned {0 if sample.logprobs is None else len(sample.logprobs)} log-probs for {len(token_ids)} tokens")
     return tuple(float(sample.logprobs[i][token].logprob) for i, token in enumerate(token_ids))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
