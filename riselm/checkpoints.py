@@ -15,6 +15,17 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARK = "riselm-complete"  # written into a checkpoint directory once everything in it is saved
+PREFIX = "checkpoint-"  # checkpoint-N: the transformers Trainer's naming, which the online stage shares
+
+
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    return output_dir / f"{PREFIX}{step}"
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Every checkpoint-N directory in `output_dir`, complete or not, by step."""
+    found = [p for p in output_dir.glob(f"{PREFIX}*") if p.name.removeprefix(PREFIX).isdigit()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PREFIX)))
 
 
 def mark_complete(directory: Path) -> None:
@@ -23,7 +34,7 @@ def mark_complete(directory: Path) -> None:
     os.replace(tmp, directory / COMPLETE_MARK)
 
 
-def last_complete_checkpoint(output_dir: Path, prefix: str = "checkpoint-") -> Path | None:
+def last_complete_checkpoint(output_dir: Path, prefix: str = PREFIX) -> Path | None:
     """The newest `prefix`N directory in `output_dir` holding the completion mark; incomplete ones are removed."""
     if not output_dir.is_dir():
         return None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
+from riselm.checkpoints import checkpoint_dir, checkpoints, last_complete_checkpoint, mark_complete, publish
 from riselm.evaluation.evaluate import evaluate
 from riselm.online.batch import action_rows
 from riselm.online.update import PolicyUpdater
@@ -135,7 +135,7 @@ def online_stage(run: Run, start_model: str) -> str:
     finally:
         monitor.close()
         generator.close()
-    for checkpoint in stage_dir.glob("checkpoint-*"):
+    for checkpoint in checkpoints(stage_dir):
         shutil.rmtree(checkpoint, ignore_errors=True)
     return str(final)
 
@@ -189,14 +189,14 @@ def _sync(generator, model, tokenizer, path: Path) -> None:
 
 def _save(stage_dir: Path, step: int, model, tokenizer, updater: PolicyUpdater) -> None:
     """A complete, resumable checkpoint of `step`; older ones beyond the last KEEP_CHECKPOINTS go."""
-    path = stage_dir / f"checkpoint-{step}"
+    path = checkpoint_dir(stage_dir, step)
     shutil.rmtree(path, ignore_errors=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     state = {"step": step, **updater.state_dict(), "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
     torch.save(state, path / "online_state.pt")
     mark_complete(path)
-    complete = sorted(stage_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    complete = checkpoints(stage_dir)
     for old in complete[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from riselm import distributed
+from riselm.checkpoints import checkpoints
 from riselm.config import ConfigError
 from riselm.evaluation.evaluate import evaluate
 from riselm.files import write_text_atomic
@@ -225,7 +226,7 @@ def train_stage(
     )
     run.world.barrier()
     if run.world.main:
-        for checkpoint in train_dir.glob("checkpoint-*"):  # final/ is complete: resume points are no longer needed
+        for checkpoint in checkpoints(train_dir):  # final/ is complete: resume points are no longer needed
             shutil.rmtree(checkpoint, ignore_errors=True)
     return str(final)
 

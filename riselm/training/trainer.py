@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from riselm.checkpoints import last_complete_checkpoint, mark_complete, publish
+from riselm.checkpoints import checkpoint_dir, last_complete_checkpoint, mark_complete, publish
 from riselm.files import write_json
 from riselm.hardware import resolve_precision
 from riselm.rundir import FINAL, FINAL_PARTIAL, TRAIN_CONFIG
@@ -235,7 +235,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint = checkpoint_dir(Path(args.output_dir), state.global_step)
             if checkpoint.is_dir():
                 mark_complete(checkpoint)
 
