@@ -11,6 +11,9 @@ from typing import Any
 
 import typer
 
+TASK_OPTION_HELP = "Task option KEY=VALUE, repeatable (e.g. feedback=true for code tasks, digits=4 for arithmetic)."
+BACKEND_OPTION_HELP = "Backend option KEY=VALUE, repeatable (e.g. send_seed=false for openai, dtype=bfloat16 for hf)."
+
 
 def fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -73,3 +76,8 @@ def claim(out: Path, overwrite: bool, *, model: str | None, data: str | Path | N
 
     identity = {**identity, "model": model_identity(model), "data": data_identity(data)}
     run(claim, out, identity, overwrite)
+
+
+def sampling_values(temperature: float, top_p: float, max_new_tokens: int) -> dict:
+    """The `sampling` section of a settings model from its three command-line options."""
+    return {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
