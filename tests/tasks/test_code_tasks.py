@@ -166,7 +166,11 @@ def test_mbpp_reference_solutions_pass_and_broken_copies_fail(mbpp):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("split", MBPPTask.splits)
-def test_every_mbpp_reference_solution_passes(mbpp, split):
+def test_every_mbpp_reference_solution_passes(split):
+    # The check is of the data and the harness, not of speed: problem 123's reference (the sum of the
+    # amicable numbers below 9999) takes 4 s of CPU on a 2.8 GHz Xeon and went over the default 5 s on
+    # a slower CI machine, so the references run with a generous CPU limit.
+    mbpp = MBPPTask(limits=Limits(cpu_seconds=30, wall_seconds=120))
     _check_mbpp(mbpp, mbpp.load(split))
 
 
