@@ -152,7 +152,9 @@ def collect_command(
     split: str = typer.Option("train"),
     data: str | None = typer.Option(None, "--data", help="Your own JSON/JSONL file (task fields) or a hub dataset id."),
     limit: int | None = typer.Option(None, help="Only the first N problems."),
-    schedule: str = typer.Option("learner:1,learner:16", help="Per-turn improvers MODEL:N, the last one repeats."),
+    schedule: str = typer.Option(
+        "learner:1,learner:16", help="Per-turn improvers MODEL[:N[:fresh]] (learner, expert or reference), the last one repeats."
+    ),
     expert: str | None = typer.Option(None, help="The model named `expert` in --schedule (a model spec or served name)."),
     expert_backend: str = typer.Option("openai", help="hf, vllm or openai."),
     expert_base_url: str | None = typer.Option(None, help="The expert's OpenAI-compatible server URL."),

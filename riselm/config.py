@@ -20,14 +20,22 @@ class ConfigError(ValueError):
 
 
 def parse_schedule(text: str) -> list[ScheduleStep]:
-    """'learner:1,learner:16' -> one ScheduleStep per turn (the last repeats for later turns)."""
+    """'learner:1,learner:16' -> one ScheduleStep per turn (the last repeats for later turns).
+
+    An entry is MODEL[:N[:CONTEXT]]: 'learner:4:fresh' samples 4 fresh attempts, 'reference' gives the gold solution.
+    """
     steps = []
     for part in filter(None, (p.strip() for p in text.split(","))):
-        model, _, n = part.partition(":")
+        model, n, context, *extra = part.split(":") + ["", ""]
         try:
-            steps.append(ScheduleStep(model=model, n=int(n or 1)))
+            if any(extra):  # more than three fields
+                raise ValueError(part)
+            steps.append(ScheduleStep(model=model, n=int(n or 1), context=context or "history"))
         except (ValueError, ValidationError):
-            raise ConfigError(f"schedule entry {part!r}: expected MODEL:N with N >= 1, e.g. learner:16") from None
+            raise ConfigError(
+                f"schedule entry {part!r}: expected MODEL[:N[:CONTEXT]] with N >= 1 and CONTEXT history or fresh, "
+                "e.g. learner:16 or learner:4:fresh"
+            ) from None
     if not steps:
         raise ConfigError(f"schedule {text!r} is empty: expected e.g. learner:1,learner:16")
     return steps

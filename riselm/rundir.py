@@ -283,7 +283,7 @@ TREE = """\
       config.yaml           the validated config of the run
       summary.json|md|png   the paper's Table 1 across stages, with per-turn curves
       base/eval/            eval.base: the starting model's evaluation
-      boost/                samples.jsonl, train/ (checkpoints, train_config.json, final/), eval/
+      boost/                collect/ (boost.wrong_attempts: own), samples.jsonl, train/ (checkpoints, train_config.json, final/), eval/
       iter1/                collect/ (episodes.jsonl, DONE), samples.jsonl, train/, eval/
       online/               method online: metrics.jsonl, curves.png, tensorboard/, sync/, checkpoint-{N}/, eval-step{N}/, final/, eval/
       <stage>/eval/         episodes.sequential.jsonl, episodes.parallel.jsonl, metrics.json, report.md, accuracy.png

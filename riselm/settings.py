@@ -60,14 +60,29 @@ class GeneratorSettings(_Settings):
     options: dict[str, Any] = {}  # more backend options (e.g. tensor_parallel_size for vllm, send_seed for openai)
 
 
+REFERENCE = "reference"  # the improver that answers with the task's gold solution (nothing is generated)
+
+
 class ScheduleStep(_Settings):
-    model: str = "learner"  # "learner" or the name of an expert
+    """Who proposes the action of a turn in collection: a model's best of n candidates, or the reference."""
+
+    model: str = "learner"  # "learner", the name of an expert, or "reference" (the task's gold solution)
     n: int = Field(1, ge=1)  # candidates; the best by reward is kept
+    # what the candidates are sampled from: the episode so far, or the question alone ("fresh": a new
+    # attempt placed after the history as the turn's action, so that the model learns to re-solve
+    # rather than repeat; the turn records context "fresh")
+    context: Literal["history", "fresh"] = "history"
+
+    @model_validator(mode="after")
+    def _reference_is_one_answer(self) -> ScheduleStep:
+        if self.model == REFERENCE and (self.n != 1 or self.context != "history"):
+            raise ValueError("the reference improver gives one answer, the gold solution: use n 1 and no context")
+        return self
 
 
 def check_schedule(schedule: list[ScheduleStep], known: list[str], where: str = "collect.schedule") -> None:
     """The one check of an improver schedule: every model it names is known (ValueError naming them)."""
-    unknown = sorted({step.model for step in schedule} - set(known))
+    unknown = sorted({step.model for step in schedule} - {*known, REFERENCE})
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise ValueError(
@@ -90,12 +105,22 @@ class CollectSettings(_Settings):
     sampling: SamplingSettings = SamplingSettings()
     chunk_size: int = Field(256, ge=1)  # problems rolled out (and saved) together
     episodes_per_problem: int = Field(1, ge=1)  # independent episodes per problem (the single-turn baselines sample several)
+    # turns still collected after an episode's first correct one (up to max_turns), so that the data show
+    # "right -> retry -> right again": evaluation sends the retry message after right answers too. The
+    # paper stops at the first correct action (0).
+    continue_after_correct: int = Field(0, ge=0)
 
 
 class SamplesSettings(_Settings):
     """From collected episodes to weighted training samples (spec section 3)."""
 
     tau: float = Field(0.4, gt=0)  # weight = exp(reward / tau)
+    # scales the weight of every turn that is not correct: a wrong (reward 0) turn weighs wrong_weight
+    # (the paper: exp(0 / tau) = 1), an unparsable one (-1) wrong_weight * exp(-1 / tau); 0 trains them not at all
+    wrong_weight: float = Field(1.0, ge=0)
+    # divide every weight by the data's mean weight, so that tau and wrong_weight change the mix of the
+    # samples and not the size of the steps (the loss is not normalised by the weights otherwise)
+    normalize: bool = False
     filter: Literal["all", "better", "best", "success"] = "all"
     dedup: bool = True
 
@@ -150,6 +175,11 @@ class BoostSettings(_Settings):
     history_turns: int = Field(0, ge=0)  # prepend up to this many wrong attempts (+ retry message) before the gold solution
     every_depth: bool = True  # one sample per number of attempts 0..history_turns (False: one, drawn at random)
     limit: int | None = Field(None, ge=1)  # gold solutions used (default: all training problems)
+    # the wrong attempts in front of the gold solution: the gold solution with a corrupted answer, or the
+    # starting model's own wrong answers ("own": `own_samples` first answers a problem are sampled first,
+    # into boost/collect/; a problem the model never gets wrong falls back to a corrupted solution)
+    wrong_attempts: Literal["corrupt", "own"] = "corrupt"
+    own_samples: int = Field(2, ge=1)
     train: TrainSettings = TrainSettings()
 
 

@@ -70,7 +70,7 @@ def test_a_key_given_twice_is_an_error_naming_it_and_its_line(tmp_path):
 
 def test_parse_schedule():
     assert [(s.model, s.n) for s in parse_schedule("learner:1, expert:4")] == [("learner", 1), ("expert", 4)]
-    with pytest.raises(ConfigError, match="MODEL:N"):
+    with pytest.raises(ConfigError, match=r"MODEL\[:N"):
         parse_schedule("learner:many")
 
 

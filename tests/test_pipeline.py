@@ -254,3 +254,18 @@ def test_weak_to_strong_collects_with_the_model_and_trains_train_model(recorded_
     cfg, calls, collected = recorded_iterations(f"train_model={tmp_path / 'strong'}")
     assert [m for m, _ in collected] == [cfg.model, cfg.model]  # the weak model collects every iteration
     assert [c["init"] for c in calls] == [str(tmp_path / "strong"), str(calls[0]["dir"] / "final")]
+
+
+def test_boost_from_the_models_own_wrong_answers(tmp_path):
+    from riselm.rollout.episode import read_episodes
+    from riselm.training.samples import read_samples
+
+    overrides = TINY + ["iterations=0", "boost.wrong_attempts=own", "boost.own_samples=2", "eval.turns=1", "eval.parallel_samples=0"]
+    cfg = prepare_demo(tmp_path, overrides)
+    run_pipeline(cfg, show_progress=False)
+    episodes = read_episodes(tmp_path / "boost/collect/episodes.jsonl")
+    assert len(episodes) == 6 * 2 and all(len(e.turns) == 1 for e in episodes)
+    assert (tmp_path / "boost/collect/DONE").exists()
+    own = {(e.id, e.turns[0].response) for e in episodes if not e.turns[0].correct and e.turns[0].response.strip()}
+    attempts = [(s.episode_id, s.messages[1]["content"]) for s in read_samples(tmp_path / "boost/samples.jsonl") if s.turn == 1]
+    assert attempts and set(attempts) <= own  # the untrained model is always wrong: every attempt is its own

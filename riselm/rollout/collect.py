@@ -4,14 +4,19 @@ For each problem: turn 1 comes from the learner. While the chosen action is wron
 the task's retry message is appended and the next action is the best of N candidates from the turn's
 improver, conditioned on the history: the learner itself (self-distillation) or an expert (any
 backend). A per-turn schedule of (model name, N) covers both. The episode stops at the first correct
-action. Degenerate candidates are never chosen, and no action is worse than the one before it (the
-paper's collection never degrades): when every candidate of a turn scores below the last action
-(possible with `unparsable_reward: -1`), the episode ends after the last action instead. It is
-one call of the rollout engine.
+action. Two departures from the paper, both options: `context: fresh` in a schedule step samples the
+candidates from the question alone (new attempts from scratch, placed after the history, so the
+model learns to re-solve instead of repeating its failed attempt), and the `reference` improver
+answers with the task's gold solution (the paper's expert role, DAgger-style on the learner's own
+wrong turns); `continue_after_correct: K` goes on for K turns after the first correct action, so
+that the data also show right answers kept after the retry message. Degenerate candidates are never
+chosen, and no action is worse than the one before it (the paper's collection never degrades): when
+every candidate of a turn scores below the last action (possible with `unparsable_reward: -1`), the
+episode ends after the last action instead. It is one call of the rollout engine.
 
-Iterations differ: the iteration is folded into every conversation seed, and with `limit` below
-the number of training problems iteration k takes the k-th slice of `limit` problems (wrapping
-around), unless `limit_slices: first` asks for the first `limit` problems every time.
+Iterations differ: the iteration is folded into every conversation seed, and with `limit` below the
+number of training problems iteration k takes the k-th slice of `limit` problems (wrapping around),
+unless `limit_slices: first` asks for the first `limit` problems every time.
 """
 
 from __future__ import annotations
@@ -23,14 +28,24 @@ from riselm.generation.base import Generator
 from riselm.rollout.engine import RolloutSpec, Step
 from riselm.rollout.episode import Episode
 from riselm.rollout.shards import sharded_rollout
-from riselm.settings import CollectSettings, ScheduleStep, check_schedule
+from riselm.settings import REFERENCE, CollectSettings, ScheduleStep, check_schedule
 from riselm.tasks.base import Problem, Task
 
 
 def resolve_schedule(schedule: Sequence[ScheduleStep], generators: Mapping[str, Generator]) -> list[Step]:
-    """The schedule's model names resolved against `generators` ("learner" and the experts, by name)."""
+    """The schedule's model names resolved against `generators` ("learner" and the experts, by name;
+    "reference" is the task's gold solution)."""
     check_schedule(list(schedule), list(generators), "the schedule")
-    return [Step(generators[s.model], s.n, source=s.model) for s in schedule]
+    return [Step(None if s.model == REFERENCE else generators[s.model], s.n, source=s.model, context=s.context) for s in schedule]
+
+
+def check_reference(task: Task, problems: Sequence[Problem], schedule: Sequence[ScheduleStep]) -> None:
+    """The `reference` improver needs gold solutions: ValueError naming the task when its problems have none."""
+    if any(s.model == REFERENCE for s in schedule) and problems and not any(p.solution for p in problems):
+        raise ValueError(
+            f"collect.schedule uses the reference improver, but task {task.name!r} has no gold solutions for its "
+            "training problems; use the learner or an expert instead"
+        )
 
 
 def collect_spec(settings: CollectSettings, seed: int = 0, iteration: int = 1) -> RolloutSpec:
@@ -46,6 +61,7 @@ def collect_spec(settings: CollectSettings, seed: int = 0, iteration: int = 1) -
         chunk_size=settings.chunk_size,
         drop_degenerate=True,
         episodes_per_problem=settings.episodes_per_problem,
+        turns_after_correct=settings.continue_after_correct,
     )
 
 
@@ -69,6 +85,7 @@ def collect(
         generators = {"learner": generators}
     schedule = resolve_schedule(settings.schedule, generators)
     chosen = iteration_problems(problems, settings, iteration)
+    check_reference(task, chosen, settings.schedule)
     return sharded_rollout(task, chosen, schedule, collect_spec(settings, seed, iteration), out_path, show_progress)
 
 

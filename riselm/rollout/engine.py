@@ -37,7 +37,7 @@ from riselm.jsonl import JsonlAppender
 from riselm.progress import progress_bar, timed
 from riselm.rollout.degenerate import is_degenerate
 from riselm.rollout.episode import Candidate, Episode, Turn, finished_keys, read_episodes
-from riselm.settings import SamplingSettings
+from riselm.settings import REFERENCE, SamplingSettings
 from riselm.tasks.base import Problem, Score, Task
 
 
@@ -45,9 +45,16 @@ from riselm.tasks.base import Problem, Score, Task
 class Step:
     """Who proposes the action at one turn."""
 
-    generator: Generator  # the model sampled
+    generator: Generator | None  # the model sampled; None: the task's reference solution is the action
     n: int = 1  # candidates sampled; the best by reward becomes the action (first on ties)
     source: str | None = None  # the name recorded on turns (defaults to the generator's name)
+    # what the candidates are sampled from: the episode so far ("history"), or the question alone
+    # ("fresh": a new attempt from scratch, placed after the history as the turn's action)
+    context: Literal["history", "fresh"] = "history"
+
+    @property
+    def name(self) -> str:
+        return self.source or (self.generator.name if self.generator is not None else REFERENCE)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,9 @@ class RolloutSpec:
     stage: str = ""  # folded into every conversation seed (collection: the iteration), "" for none
     # never take an action worse than the episode's last one (RISE collection): the episode ends instead
     no_degrade: bool = False
+    # with stop_when_correct: turns still taken after the first correct one (collection that shows
+    # right -> retry -> right again); 0 stops at the first correct action
+    turns_after_correct: int = 0
 
     def __post_init__(self):
         if self.turns < 1 or self.episodes_per_problem < 1 or self.chunk_size < 1:
@@ -168,13 +178,7 @@ def _rollout_chunk(
         if not active:
             break
         step = step_for_turn(schedule, turn)
-        conversations = [episodes[i].messages(window=spec.window) for i in active]
-        seeds = [conversation_seed(spec.seed, episodes[i].id, episodes[i].sample, turn, spec.stage) for i in active]
-        with timed(timings, "generate"):
-            params = spec.sampling.params(step.n)
-            if spec.keep_candidates:
-                params = dataclasses.replace(params, logprobs=True)
-            candidates = step.generator.generate(conversations, params, seeds=seeds)
+        candidates = _propose(step, spec, [episodes[i] for i in active], [chunk[i][0] for i in active], turn, timings)
         flat_problems = [chunk[i][0] for i, cands in zip(active, candidates) for _ in cands]
         with timed(timings, "score"):
             flat_scores = task.score_many(flat_problems, [c.text for cands in candidates for c in cands])
@@ -188,14 +192,15 @@ def _rollout_chunk(
             if spec.no_degrade and episodes[i].turns and scores[best].reward < episodes[i].turns[-1].reward:
                 continue  # every candidate is worse than the last action: the episode ends there
             chosen, score = cands[best], scores[best]
-            last = turn + 1 == spec.turns or (spec.stop_when_correct and score.correct)
+            last = turn + 1 == spec.turns or (spec.stop_when_correct and _stops(episodes[i], score, spec.turns_after_correct))
             episodes[i].turns.append(
                 Turn(
                     response=chosen.text,
                     pred=score.pred,
                     reward=score.reward,
                     feedback=None if last else task.retry_message(chunk[i][0], score),
-                    source=step.source or step.generator.name,
+                    source=step.name,
+                    context="fresh" if step.context == "fresh" else None,
                     num_candidates=len(cands),
                     num_tokens=chosen.num_tokens,
                     truncated=chosen.finish_reason == "length",
@@ -206,12 +211,45 @@ def _rollout_chunk(
             if not last:
                 still_active.append(i)
         if spec.feedback == "self_refine" and still_active:
+            assert step.generator is not None  # evaluation samples the model at every turn
             self_refine(task, step.generator, spec, [episodes[i] for i in still_active], [chunk[i][0] for i in still_active], turn, timings)
         active = still_active
     for e in episodes:  # an episode cut short by junk candidates ends after its last kept action
         if e.turns:
             e.turns[-1].feedback = None
     return episodes  # empty ones too, so that a resumed rollout does not redo them
+
+
+def _propose(
+    step: Step, spec: RolloutSpec, episodes: Sequence[Episode], problems: Sequence[Problem], turn: int, timings: dict[str, float]
+) -> list[list[Completion]]:
+    """The candidates of one turn for each episode: sampled from the step's model, or the reference solution."""
+    if step.generator is None:
+        return [[reference_completion(problem)] if problem.solution else [] for problem in problems]
+    if step.context == "fresh":
+        conversations = [e.messages(upto=0) for e in episodes]
+    else:
+        conversations = [e.messages(window=spec.window) for e in episodes]
+    seeds = [conversation_seed(spec.seed, e.id, e.sample, turn, spec.stage) for e in episodes]
+    params = spec.sampling.params(step.n)
+    if spec.keep_candidates:
+        params = dataclasses.replace(params, logprobs=True)
+    with timed(timings, "generate"):
+        return step.generator.generate(conversations, params, seeds=seeds)
+
+
+def reference_completion(problem: Problem) -> Completion:
+    """The task's gold step-by-step solution as an action (the `reference` improver: nothing is generated)."""
+    assert problem.solution is not None
+    return Completion(text=problem.solution, num_tokens=0, finish_reason="stop")
+
+
+def _stops(episode: Episode, score: Score, turns_after_correct: int) -> bool:
+    """Whether a correct-stopping episode ends with this action: `turns_after_correct` turns after its first correct one."""
+    first = next((t for t, turn in enumerate(episode.turns) if turn.correct), None)
+    if first is None:  # this action is the first correct one, or not correct
+        return score.correct and turns_after_correct == 0
+    return len(episode.turns) - first >= turns_after_correct
 
 
 # Self-Refine (Madaan et al., 2023) as an evaluation mode beside the retry message: after each answer

@@ -41,6 +41,7 @@ class Turn:
     num_candidates: int = 1  # how many samples the action was chosen from (best-of-N)
     num_tokens: int = 0  # tokens generated for the chosen action
     truncated: bool = False  # generation hit max_new_tokens
+    context: str | None = None  # "fresh": sampled from the question alone, then placed after the history (None: from the history)
     critique_request: str | None = None  # Self-Refine: the user message asking the model to review this action
     critique: str | None = None  # Self-Refine: the model's review of its own action (followed by `feedback`)
     # Not stored in files: the prompt ids the backend conditioned on (the chat rendered for this
@@ -141,6 +142,7 @@ _TURN_OPTIONAL = {
     "num_candidates": int,
     "num_tokens": int,
     "truncated": bool,
+    "context": str,
     "critique_request": str,
     "critique": str,
 }

@@ -29,12 +29,15 @@ from riselm.jsonl import write_jsonl
 from riselm.methods import METHODS
 from riselm.progress import timed
 from riselm.rollout.collect import collect
+from riselm.rollout.engine import RolloutSpec, Step
 from riselm.rollout.episode import Episode, read_episodes
+from riselm.rollout.shards import sharded_rollout
 from riselm.run.context import Run
 from riselm.run.summary import StageResult, write_summary
 from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim
 from riselm.settings import RunSettings, TrainSettings
 from riselm.tasks import get_task
+from riselm.tasks.base import Problem
 from riselm.training.samples import TrainingSample
 
 
@@ -138,15 +141,50 @@ def check_expert_servers(settings: RunSettings) -> None:
 
 def boost_stage(run: Run, learner: Learner, model: str) -> str:
     """SFT on the task's gold solutions (with earlier wrong attempts in context when configured)."""
-    from riselm.training.boost import boost_samples
+    from riselm.training.boost import boost_samples, wrong_attempts_from_episodes
 
     boost = run.settings.boost
     chosen = run.train_problems[: boost.limit] if boost.limit else run.train_problems
+    wrong_attempt = None  # boost_samples' default: the gold solution with a corrupted answer
+    if boost.wrong_attempts == "own" and boost.history_turns:
+        wrong_attempt = wrong_attempts_from_episodes(own_attempts(run, learner, model, chosen))
     run.stage("boost")
-    samples = boost_samples(run.task, chosen, with_history_turns=boost.history_turns, seed=run.settings.seed, every_depth=boost.every_depth)
+    samples = boost_samples(
+        run.task,
+        chosen,
+        with_history_turns=boost.history_turns,
+        wrong_attempt=wrong_attempt,
+        seed=run.settings.seed,
+        every_depth=boost.every_depth,
+    )
     if run.world.main:
         write_jsonl(run.layout.samples("boost"), (s.to_dict() for s in samples))
     return train_stage(run, learner, boost.train, samples, model, run.layout.train_dir("boost"))
+
+
+def own_attempts(run: Run, learner: Learner, model: str, problems: Sequence[Problem]) -> list[Episode]:
+    """`boost.own_samples` first answers of `model` to each boost problem (boost/collect/), whose wrong
+    ones become the boost's wrong attempts; resumes inside the episodes file."""
+    collect_dir = run.layout.collect_dir("boost")
+    episodes_path = collect_dir / EPISODES_FILE
+    if (collect_dir / DONE_FILE).exists():
+        return read_episodes(episodes_path)
+    run.stage(f"collect ({collect_dir})")
+    settings = run.settings
+    spec = RolloutSpec(
+        mode="collect",
+        turns=1,
+        stop_when_correct=True,
+        episodes_per_problem=settings.boost.own_samples,
+        sampling=settings.collect.sampling,
+        seed=settings.seed,
+        chunk_size=settings.collect.chunk_size,
+        stage="boost",
+    )
+    episodes = sharded_rollout(run.task, problems, [Step(learner.at(model))], spec, episodes_path, run.show_progress)
+    if run.world.main:
+        write_text_atomic(collect_dir / DONE_FILE, "")
+    return episodes
 
 
 def collect_stage(run: Run, learner: Learner, model: str, collect_dir: Path, iteration: int) -> list[Episode]:

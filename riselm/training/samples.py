@@ -3,7 +3,9 @@
 RISE trains on every turn of every collected episode: the sample of turn t is the conversation up to
 and including action t, only that last assistant message is trained on, and its loss is weighted by
 `exp(reward / tau)`, so wrong actions are kept with a small weight (reward-weighted regression)
-instead of being filtered out. Turning samples into token ids is riselm.training.tokenize.
+instead of being filtered out (`samples.wrong_weight` scales the weight of turns that are not correct,
+`samples.normalize` divides the weights by their mean so that tau changes the mix, not the step
+size). Turning samples into token ids is riselm.training.tokenize.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ def reward_weight(reward: float, tau: float = 0.4) -> float:
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
     return math.exp(reward / tau)
+
+
+def sample_weight(reward: float, settings: SamplesSettings) -> float:
+    """The loss weight of a turn: exp(r / tau), times `wrong_weight` when the turn is not correct."""
+    weight = reward_weight(reward, settings.tau)
+    return weight if is_correct(reward) else settings.wrong_weight * weight
+
+
+def normalized(samples: list[TrainingSample], settings: SamplesSettings) -> list[TrainingSample]:
+    """With `settings.normalize`, the samples with weights divided by their mean (mean weight 1); else as they are."""
+    total = sum(s.weight for s in samples)
+    if not settings.normalize or not samples or total == 0:
+        return samples
+    scale = len(samples) / total
+    for sample in samples:
+        sample.weight *= scale
+    return samples
 
 
 def keep_turn(rewards: Sequence[float], t: int, filter: str) -> bool:
@@ -130,13 +149,13 @@ def samples_from_episodes(
                 TrainingSample(
                     messages=messages,
                     reward=turn.reward,
-                    weight=reward_weight(turn.reward, settings.tau),
+                    weight=sample_weight(turn.reward, settings),
                     episode_id=episode.id,
                     turn=t,
                     sample=episode.sample,
                 )
             )
-    return samples
+    return normalized(samples, settings)
 
 
 def first_turn_samples(
@@ -160,11 +179,11 @@ def first_turn_samples(
         if settings.dedup and key in seen:
             continue
         seen.add(key)
-        weight = reward_weight(turn.reward, settings.tau) if weighted else 1.0
+        weight = sample_weight(turn.reward, settings) if weighted else 1.0
         samples.append(
             TrainingSample(messages=messages, reward=turn.reward, weight=weight, episode_id=episode.id, turn=0, sample=episode.sample)
         )
-    return samples
+    return normalized(samples, settings)
 
 
 def read_samples(path: str | Path) -> list[TrainingSample]:

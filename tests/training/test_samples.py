@@ -195,3 +195,21 @@ def test_truncated_turns_are_never_trained_but_stay_in_later_contexts():
     first = episode([1.0], ["cut mid-answer \\boxed{4}"], eid="p2")
     first.turns[0].truncated = True
     assert first_turn_samples([first]) == [] and first_turn_samples([first], weighted=True) == []
+
+
+def test_wrong_weight_scales_every_turn_that_is_not_correct():
+    samples = samples_from_episodes([episode([-1.0, 0.0, 1.0])], SamplesSettings(tau=0.5, wrong_weight=0.25))
+    assert [s.weight for s in samples] == pytest.approx([0.25 * math.exp(-2), 0.25, math.exp(2)])
+    single = first_turn_samples([episode([0.0], eid="w")], SamplesSettings(wrong_weight=0.25), weighted=True)
+    assert [s.weight for s in single] == [0.25]
+
+
+def test_normalized_weights_have_mean_one_and_keep_their_ratios():
+    episodes = [episode([0.0, 0.0, 1.0]), episode([1.0], eid="p2")]
+    plain = [s.weight for s in samples_from_episodes(episodes)]
+    normal = [s.weight for s in samples_from_episodes(episodes, SamplesSettings(normalize=True))]
+    assert sum(normal) == pytest.approx(len(normal)) and sum(plain) != pytest.approx(len(plain))
+    assert [w / normal[0] for w in normal] == pytest.approx([w / plain[0] for w in plain])
+    # tau changes the mix, not the mean
+    sharper = [s.weight for s in samples_from_episodes(episodes, SamplesSettings(normalize=True, tau=0.2))]
+    assert sum(sharper) == pytest.approx(len(sharper)) and sharper[2] > normal[2]
