@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (turns still differ: each sees the retry)")
     parser.add_argument("--digits", type=int, default=2, help="arithmetic difficulty: operands of up to this many digits")
     parser.add_argument("--proxy", action="store_true", help="also K=3 through a proxy in front of a K=1 riselm server")
-    parser.add_argument("--backend-url", default=None, help="also serve through this OpenAI-compatible server (e.g. vLLM's), URL ending in /v1")
+    parser.add_argument("--backend-url", default=None, help="also serve through this OpenAI-compatible server (vLLM's), URL ending in /v1")
     parser.add_argument("--backend-model", default="smollm2", help="the model name the --backend-url server serves")
     parser.add_argument("--skip-local", action="store_true", help="with --backend-url: only the server's contenders")
     parser.add_argument("--output", type=Path, default=None, help="append the results (markdown) to this file")
@@ -254,7 +254,8 @@ def backend_rows(args, problems, task, base: dict, contenders) -> dict[str, dict
     """The --backend-url server alone (single turn), then riselm serve as a proxy in front of it at each K."""
     from riselm.serve.server import build_backend
 
-    rows = {"server": direct_run(args.backend_url, args.backend_model, problems, task, args.concurrency, args.max_new_tokens, args.temperature)}
+    sizes = (args.concurrency, args.max_new_tokens, args.temperature)
+    rows = {"server": direct_run(args.backend_url, args.backend_model, problems, task, *sizes)}
     print("server", rows["server"], flush=True)
     for label, settings in contenders:
         served = ServeSettings(**base, **settings)
