@@ -68,9 +68,10 @@ class ScheduleStep(_Settings):
 
     model: str = "learner"  # "learner", the name of an expert, or "reference" (the task's gold solution)
     n: int = Field(1, ge=1)  # candidates; the best by reward is kept
-    # what the candidates are sampled from: the episode so far, or the question alone ("fresh": a new
-    # attempt placed after the history as the turn's action, so that the model learns to re-solve
-    # rather than repeat; the turn records context "fresh")
+    # what the candidates are sampled from: the episode so far, or after a wrong turn the question alone
+    # ("fresh": a new attempt placed after the history as the turn's action, so that the model learns to
+    # re-solve rather than repeat; the turn records context "fresh"). After a right turn
+    # (collect.continue_after_correct) candidates always see the history: it shows keeping the answer.
     context: Literal["history", "fresh"] = "history"
 
     @model_validator(mode="after")

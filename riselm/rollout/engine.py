@@ -200,7 +200,7 @@ def _rollout_chunk(
                     reward=score.reward,
                     feedback=None if last else task.retry_message(chunk[i][0], score),
                     source=step.name,
-                    context="fresh" if step.context == "fresh" else None,
+                    context="fresh" if _fresh(step, episodes[i]) else None,
                     num_candidates=len(cands),
                     num_tokens=chosen.num_tokens,
                     truncated=chosen.finish_reason == "length",
@@ -226,16 +226,19 @@ def _propose(
     """The candidates of one turn for each episode: sampled from the step's model, or the reference solution."""
     if step.generator is None:
         return [[reference_completion(problem)] if problem.solution else [] for problem in problems]
-    if step.context == "fresh":
-        conversations = [e.messages(upto=0) for e in episodes]
-    else:
-        conversations = [e.messages(window=spec.window) for e in episodes]
+    conversations = [e.messages(upto=0) if _fresh(step, e) else e.messages(window=spec.window) for e in episodes]
     seeds = [conversation_seed(spec.seed, e.id, e.sample, turn, spec.stage) for e in episodes]
     params = spec.sampling.params(step.n)
     if spec.keep_candidates:
         params = dataclasses.replace(params, logprobs=True)
     with timed(timings, "generate"):
         return step.generator.generate(conversations, params, seeds=seeds)
+
+
+def _fresh(step: Step, episode: Episode) -> bool:
+    """Whether this turn's candidates come from the question alone: a `fresh` step after a wrong turn (after
+    a right one, with `turns_after_correct`, they see the history, which shows keeping the right answer)."""
+    return step.context == "fresh" and bool(episode.turns) and not episode.turns[-1].correct
 
 
 def reference_completion(problem: Problem) -> Completion:

@@ -107,3 +107,12 @@ def test_schedule_entries_on_the_command_line():
     for bad in ("learner:4:again", "reference:2", "learner:1:fresh:x"):
         with pytest.raises(ConfigError, match="MODEL\\[:N\\[:CONTEXT\\]\\]"):
             parse_schedule(bad)
+
+
+def test_after_a_right_turn_fresh_candidates_see_the_history(tmp_path):
+    # what keeping a right answer looks like: the candidates after a right turn are conditioned on it
+    learner = ScriptedGenerator(lambda c, s: right(c) if attempt_number(c) < 3 else "\\boxed{-1}")
+    fresh = settings(LEARNER_1, ScheduleStep(model="learner", n=2, context="fresh"), continue_after_correct=1)
+    (episode,) = collect(ToyTask(), learner, toy_problems(2)[1:], tmp_path / "e.jsonl", fresh, show_progress=False)
+    assert [(t.correct, t.context) for t in episode.turns] == [(True, None), (True, None)]
+    assert [m["role"] for m in learner.calls[1].conversations[0]] == ["user", "assistant", "user"]
