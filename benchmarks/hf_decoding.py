@@ -14,6 +14,9 @@ Contenders, on the same prompts, sampling at temperature 1.0 (top_k off):
                      generator (the loop as it was before per-row seeds)
   riselm_generators  the per-row design not taken: one torch.Generator per row, one exponential_ call
                      per row per step
+With --precision fp32,bf16 every contender also runs on a bfloat16 copy of the model (NAME@bf16).
+Each is stated as a fraction of its precision's compute bound: the measured matrix-product rate over
+2 FLOP a parameter a token (riselm.hardware.bound_tokens_per_s).
 Sampled lengths differ between contenders, so the comparison is generated tokens per second. Each
 contender first runs once untimed on two prompts (warm-up). With --repeat K every contender runs K
 times, interleaved, and the median run is reported. The last line
@@ -26,6 +29,7 @@ random weights) on the demo's arithmetic prompts; any other value is a riselm mo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -37,9 +41,11 @@ from unittest import mock
 import torch
 from transformers import GenerationConfig
 
+from riselm import hardware
 from riselm.generation import decoding
 from riselm.generation.base import stream_key
 from riselm.generation.decoding import Sampling, sample_batch
+from riselm.hardware import bound_tokens_per_s
 from riselm.models import load_model_and_tokenizer
 from riselm.tasks import get_task
 
@@ -142,6 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"any of {', '.join(CONTENDERS)}")
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender (interleaved); the median is reported")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 or both (fp32,bf16): every contender in each")
     ap.add_argument("--output", type=Path, default=None, help="append a markdown section with the results here")
     args = ap.parse_args()
     if args.threads:
@@ -169,25 +176,38 @@ def main() -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    names = args.contenders.split(",")
+    models = {
+        precision: model if precision == "fp32" else copy.deepcopy(model).to(torch.bfloat16) for precision in args.precision.split(",")
+    }
+    # a contender in fp32 keeps its name; in bf16 it is NAME@bf16
+    entries = {(name if p == "fp32" else f"{name}@{p}"): (name, p) for p in models for name in args.contenders.split(",")}
     warm_up = GenerationConfig(**{**config.to_dict(), "max_new_tokens": 4})
-    for name in names:  # untimed: the first forward passes of a process are slow (allocations, thread start)
-        CONTENDERS[name](model, prompts[:2], args.n, warm_up)
-    runs: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    for name, p in entries.values():  # untimed: the first forward passes of a process are slow (allocations, thread start)
+        CONTENDERS[name](models[p], prompts[:2], args.n, warm_up)
+    runs: dict[str, list[tuple[int, float]]] = {entry: [] for entry in entries}
     for _ in range(args.repeat):
-        for name in names:
+        for entry, (name, p) in entries.items():
             torch.manual_seed(0)
             started = time.perf_counter()
-            tokens = CONTENDERS[name](model, prompts, args.n, config)
-            runs[name].append((tokens, time.perf_counter() - started))
-            print(name, {"tokens": tokens, "seconds": round(runs[name][-1][1], 2)}, flush=True)
+            tokens = CONTENDERS[name](models[p], prompts, args.n, config)
+            runs[entry].append((tokens, time.perf_counter() - started))
+            print(entry, {"tokens": tokens, "seconds": round(runs[entry][-1][1], 2)}, flush=True)
+    parameters = sum(w.numel() for w in model.parameters())
+    bounds = {p: bound_tokens_per_s(parameters, p, "decode") for p in models}  # measured after the runs, same threads
     results = {}
-    for name, measured in runs.items():
+    for entry, measured in runs.items():
         tokens, seconds = sorted(measured, key=lambda run: run[0] / run[1])[len(measured) // 2]  # the median run
-        results[name] = {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+        bound = bounds[entries[entry][1]]
+        results[entry] = {
+            "tokens": tokens,
+            "seconds": round(seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1),
+            "bound_tokens_per_s": round(bound),
+            "of_bound": round(tokens / seconds / bound, 3),
+        }
         if len(measured) > 1:
-            results[name]["all_seconds"] = [round(s, 2) for _, s in measured]
-        print(name, results[name], flush=True)
+            results[entry]["all_seconds"] = [round(s, 2) for _, s in measured]
+        print(entry, results[entry], flush=True)
 
     summary = {f"{name}_tokens_per_s": r["tokens_per_s"] for name, r in results.items()}
     if args.output:
@@ -202,9 +222,17 @@ def main() -> None:
             f"at most {args.max_new_tokens} new tokens, model {args.model}, temperature 1.0"
             + (f", median of {args.repeat} interleaved runs." if args.repeat > 1 else "."),
             "",
-            "| contender | tokens | seconds | tokens/s |",
-            "|---|---|---|---|",
-            *(f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} |" for name, r in results.items()),
+            f"Bound: {parameters:,} parameters, 2 FLOP a parameter a token, at the measured 1024² matrix-product rate "
+            + ", ".join(f"{p} {hardware.matmul_flops(p) / 1e9:.0f} GFLOP/s" for p in models)
+            + " (riselm.hardware.bound_tokens_per_s).",
+            "",
+            "| contender | tokens | seconds | tokens/s | bound tokens/s | of bound |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {name} | {r['tokens']} | {r['seconds']} | {r['tokens_per_s']} | {r['bound_tokens_per_s']:,} "
+                f"| {100 * r['of_bound']:.1f}% |"
+                for name, r in results.items()
+            ),
             "",
         ]
         previous = args.output.read_text() if args.output.exists() else ""

@@ -7,15 +7,19 @@
 Contenders, all running riselm's own collection loop on the same problems with the same settings:
   naive  one conversation and one sample at a time through HF `generate`, as the reference code does
   hf     riselm's HF backend: batched across conversations and samples, sorted by length, left padded
+  hf_bf16  the same with the weights in bfloat16 (`learner.precision: bf16`)
   vllm   riselm's vLLM backend (skipped, and said so, when vllm is not importable)
 Rollouts are sampled, so the contenders generate different numbers of tokens: the comparison is
-tokens/s (generated tokens over the generator's own wall time). The last line printed is one JSON
+tokens/s (generated tokens over the generator's own wall time), also stated as a fraction of the
+compute bound at the contender's precision (riselm.hardware.bound_tokens_per_s: the measured
+matrix-product rate over 2 FLOP a parameter a token; vLLM and naive count as fp32). The last line printed is one JSON
 object with each contender's tokens/s and the ratios hf_over_naive and vllm_over_naive.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -27,6 +31,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from riselm import hardware
 from riselm.generation.base import Completion, GenerationStats, SamplingParams, check_seeds, stream_key
 from riselm.rollout.collect import collect
 from riselm.settings import CollectSettings, SamplingSettings, ScheduleStep
@@ -160,8 +165,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     contenders = args.contenders.split(",")
-    if "naive" in contenders or "hf" in contenders:
+    parameters = 0  # of the model, when loaded here (the vLLM contender alone loads none)
+    if {"naive", "hf", "hf_bf16"} & set(contenders):
         model, tokenizer = load_model_and_tokenizer(args.model)
+        parameters = sum(w.numel() for w in model.parameters())
     if "naive" in contenders:
         naive_problems = problems[: args.naive_problems] if args.naive_problems else problems
         results["naive"] = run_contender("naive", NaiveHFGenerator(model, tokenizer), task, naive_problems, settings, args.n, args.work)
@@ -173,6 +180,12 @@ def main() -> None:
         gen = HFGenerator(model, tokenizer, batch_size=args.batch_size, name="hf")
         results["hf"] = run_contender("hf", gen, task, problems, settings, args.n, args.work)
         print("hf", results["hf"], flush=True)
+    if "hf_bf16" in contenders:
+        from riselm.generation.hf import HFGenerator
+
+        gen = HFGenerator(copy.deepcopy(model).to(torch.bfloat16), tokenizer, batch_size=args.batch_size, name="hf_bf16")
+        results["hf_bf16"] = run_contender("hf_bf16", gen, task, problems, settings, args.n, args.work)
+        print("hf_bf16", results["hf_bf16"], flush=True)
     if "vllm" in contenders and args.vllm_python:
         results["vllm"] = run_in_other_python(args)
         print("vllm", results["vllm"], flush=True)
@@ -186,6 +199,11 @@ def main() -> None:
         except ImportError as e:
             results["vllm"] = {"skipped": f"vllm not importable: {e}"}
             print("vllm skipped:", e, flush=True)
+
+    for name, result in results.items():
+        if parameters and "tokens_per_s" in result:
+            precision = "bf16" if name == "hf_bf16" else "fp32"
+            result["of_bound"] = round(result["tokens_per_s"] / hardware.bound_tokens_per_s(parameters, precision, "decode"), 4)
 
     def ratio(a):
         if "tokens_per_s" in results.get(a, {}) and "tokens_per_s" in results.get("naive", {}):
@@ -214,14 +232,21 @@ def main() -> None:
                 else ""
             ),
             "",
-            "| contender | tokens | generator s | tokens/s | turns | solved |",
-            "|---|---|---|---|---|---|",
+            "| contender | tokens | generator s | tokens/s | of bound | turns | solved |",
+            "|---|---|---|---|---|---|---|",
         ]
         for k, v in results.items():
             if "skipped" in v:
-                lines.append(f"| {k} | skipped: {v['skipped']} | | | | |")
+                lines.append(f"| {k} | skipped: {v['skipped']} | | | | | |")
             else:
-                lines.append(f"| {k} | {v['tokens']} | {v['generator_s']} | {v['tokens_per_s']} | {v['turns']} | {v['solved']} |")
+                bound = f"{100 * v['of_bound']:.1f}%" if "of_bound" in v else ""
+                lines.append(f"| {k} | {v['tokens']} | {v['generator_s']} | {v['tokens_per_s']} | {bound} | {v['turns']} | {v['solved']} |")
+        if parameters:
+            lines += [
+                "",
+                f"Bound: {parameters:,} parameters, 2 FLOP a parameter a token, at the measured 1024² matrix-product rate: "
+                + ", ".join(f"{p} {hardware.matmul_flops(p) / 1e9:.0f} GFLOP/s" for p in ("fp32", "bf16")),
+            ]
         lines += ["", f"Summary: `{json.dumps(summary)}`", ""]
         with open(args.output, "a") as f:
             f.write("\n".join(lines) + "\n")

@@ -30,6 +30,8 @@ import torch
 import transformers
 from transformers import Trainer, TrainerCallback
 
+from riselm import hardware
+from riselm.hardware import bound_tokens_per_s
 from riselm.jsonl import read_json_or_jsonl
 from riselm.models import build_char_tokenizer, build_tiny_model
 from riselm.settings import TrainSettings
@@ -108,7 +110,8 @@ class TokenCount:
 
 
 def run_once(kind: str, tokenizer, rows, opts, out_dir: str) -> tuple[float, float]:
-    """Tokens per wall second and per CPU second of one run of `kind` ("plain", "weighted", "weighted-packed")."""
+    """Tokens per wall second and per CPU second of one run of `kind` ("plain", "weighted", "weighted-packed",
+    "weighted-bf16": bf16 autocast with float32 master weights)."""
     model = build_tiny_model(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0)
     config = TrainSettings(
         batch_size=opts.micro_batch,
@@ -120,6 +123,7 @@ def run_once(kind: str, tokenizer, rows, opts, out_dir: str) -> tuple[float, flo
         max_length=opts.max_length,
         optimizer="adamw_torch",
         seed=0,
+        precision="bf16" if kind == "weighted-bf16" else "fp32",
     )
     args = training_arguments(config, out_dir, show_progress=False)
     args.save_strategy = "no"  # nothing to keep; saving is not what is measured
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = build_char_tokenizer()
     rows = tokenize_samples(tokenizer, gsm8k_samples(opts.samples), opts.max_length)
-    kinds = ["plain", "weighted", "weighted-packed"]
+    kinds = ["plain", "weighted", "weighted-packed", "weighted-bf16"]
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,13 +184,20 @@ def write_results(opts, argv, results, rows, loads) -> None:
         "",
         f"Command: `python benchmarks/train_throughput.py {' '.join(argv)}`".rstrip(),
         "",
-        "| trainer | tokens/s (wall) | vs plain | tokens per CPU-second | vs plain | runs, wall tokens/s |",
-        "|---|---|---|---|---|---|",
+        "| trainer | tokens/s (wall) | vs plain | of bound | tokens per CPU-second | vs plain | runs, wall tokens/s |",
+        "|---|---|---|---|---|---|---|",
     ]
+    parameters = sum(
+        w.numel()
+        for w in build_tiny_model(
+            build_char_tokenizer(), hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0
+        ).parameters()
+    )
     for kind, runs in results.items():
         wall, cpu = median(kind, 0), median(kind, 1)
+        bound = bound_tokens_per_s(parameters, "bf16" if kind == "weighted-bf16" else "fp32", "train")
         lines.append(
-            f"| {kind} | {wall:,.0f} | {100 * (wall / median('plain', 0) - 1):+.1f}% "
+            f"| {kind} | {wall:,.0f} | {100 * (wall / median('plain', 0) - 1):+.1f}% | {100 * wall / bound:.1f}% "
             f"| {cpu:,.0f} | {100 * (cpu / median('plain', 1) - 1):+.1f}% | {', '.join(f'{w:,.0f}' for w, _ in runs)} |"
         )
     lines += [
@@ -208,7 +219,12 @@ def write_results(opts, argv, results, rows, loads) -> None:
             else "."
         ),
         "- plain = stock `transformers.Trainer`, the model's own loss over the same trained tokens; "
-        "weighted = `WeightedTrainer`; weighted-packed = the same with padding-free packed batches.",
+        "weighted = `WeightedTrainer`; weighted-packed = the same with padding-free packed batches; "
+        "weighted-bf16 = `WeightedTrainer` with `train.precision: bf16` (autocast, float32 master weights).",
+        f"- Bound: {parameters:,} parameters, 6 FLOP a parameter a token (forward and backward), at the measured 1024² "
+        f"matrix-product rate of the same threads: fp32 {hardware.matmul_flops('fp32') / 1e9:.0f}, "
+        f"bf16 {hardware.matmul_flops('bf16') / 1e9:.0f} GFLOP/s (riselm.hardware.bound_tokens_per_s); "
+        "attention and the optimizer are not counted.",
         "- Packing with sdpa (as here, and on any device without flash-attention) attends through a dense",
         "  block-diagonal mask over the whole packed row, so attention costs (sum of lengths)² instead of the",
         "  sum of squares: slower than padding. Packing is meant for `attn_implementation: flash_attention_2`,",

@@ -57,3 +57,32 @@ def resolve_precision(precision: Precision, device: str | None = None) -> Litera
 @functools.cache
 def _log_once(chosen: str, reason: str) -> None:
     logger.info("precision auto: %s, from %s", chosen, reason)
+
+
+# ---- the compute bound ---------------------------------------------------------------------------
+
+FLOP_PER_PARAMETER = {"decode": 2, "train": 6}  # a token's forward pass: 2 FLOP per weight; forward + backward: 6
+
+
+@functools.cache
+def matmul_flops(precision: Literal["fp32", "bf16"], size: int = 1024, seconds: float = 1.0) -> float:
+    """Measured dense matrix-product throughput (FLOP/s) of this CPU at `precision`, with torch's current
+    threads: the compute bound that benchmarks state their results as fractions of. Cached per process."""
+    import time
+
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, dtype=dtype)
+    torch.mm(a, a)  # the first product allocates and starts the threads
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        torch.mm(a, a)
+        count += 1
+    return count * 2 * size**3 / (time.perf_counter() - start)
+
+
+def bound_tokens_per_s(parameters: int, precision: Literal["fp32", "bf16"], work: Literal["decode", "train"]) -> float:
+    """The most tokens a second a model of `parameters` weights could decode or train at the measured
+    matrix-product rate (every weight used once a token; attention and overheads ignored)."""
+    return matmul_flops(precision) / (FLOP_PER_PARAMETER[work] * parameters)

@@ -70,3 +70,11 @@ def test_bf16_training_keeps_float32_master_weights(tmp_path, char_tokenizer):
         fp32, samples, tmp_path / "fp32", settings.model_copy(update={"precision": "fp32"}), tokenizer=char_tokenizer, show_progress=False
     )
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fp32.parameters()))
+
+
+def test_the_bound_is_the_measured_matmul_rate_over_the_flops_a_token_needs(monkeypatch):
+    rate = hardware.matmul_flops("fp32", size=128, seconds=0.05)
+    assert rate > 1e8  # a measured rate: even a slow CPU does more than 0.1 GFLOP/s on a 128² product
+    monkeypatch.setattr(hardware, "matmul_flops", {"fp32": 1.2e11, "bf16": 3.6e11}.get)
+    assert hardware.bound_tokens_per_s(135_000_000, "fp32", "decode") == pytest.approx(1.2e11 / 2.7e8)
+    assert hardware.bound_tokens_per_s(135_000_000, "bf16", "train") == pytest.approx(3.6e11 / 8.1e8)
