@@ -109,6 +109,20 @@ def test_run_whose_filter_leaves_no_samples(tmp_path, tiny_model_dir):
     one_clean_error(invoke("run", config), "no training samples", "filter='success'")
 
 
+def test_a_reference_improver_without_gold_solutions_stops_before_any_work(tmp_path, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "twelve plus seven?", "answer": 19}\n')  # not an expression: no worked solution
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"out: {tmp_path / 'run'}\nmodel: {tiny_model_dir}\nthreads: 1\niterations: 1\nboost: {{enabled: false}}\n"
+        f"task: {{name: arithmetic, options: {{train_size: 4, test_size: 2}}, train_data: {data}, eval_limit: 1}}\n"
+        "collect: {max_turns: 2, schedule: [{model: learner, n: 1}, {model: reference}], sampling: {max_new_tokens: 4}}\n"
+        "eval: {turns: 1, parallel_samples: 0, sampling: {max_new_tokens: 4}}\n"
+    )
+    one_clean_error(invoke("run", config), "reference improver", "'arithmetic'")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["riselm.json"]  # refused before any stage ran
+
+
 @pytest.mark.parametrize("option", ["--task-option", "--backend-option"])
 def test_a_malformed_option_value_names_the_option(tmp_path, tiny_model_dir, option):
     result = invoke("eval", "--model", tiny_model_dir, "--task", "arithmetic", option, "digits={", "--out", tmp_path / "e")

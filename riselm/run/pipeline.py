@@ -28,7 +28,7 @@ from riselm.hardware import usable_cpus
 from riselm.jsonl import write_jsonl
 from riselm.methods import METHODS
 from riselm.progress import timed
-from riselm.rollout.collect import collect
+from riselm.rollout.collect import check_reference, collect
 from riselm.rollout.engine import RolloutSpec, Step
 from riselm.rollout.episode import Episode, read_episodes
 from riselm.rollout.shards import sharded_rollout
@@ -111,6 +111,11 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
     t = settings.task
     train_problems = task.load(t.train_split, t.train_data, t.train_limit)
     eval_problems = task.load(t.eval_split, t.eval_data, t.eval_limit)
+    if METHODS[settings.method].uses_experts and settings.iterations:
+        try:  # before the boost, not after it
+            check_reference(task, train_problems, settings.collect.schedule)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     out = Path(settings.out)
     if current.main:
         claim(out, run_identity(settings))  # a library call into another run's directory stops here too
