@@ -105,6 +105,14 @@ def test_rerun_resumes_without_redoing_work(finished_run):
     assert stages[-1].parallel["samples"] == 2
 
 
+def test_the_demo_starts_from_a_given_model(finished_run, tmp_path):
+    out, _, _ = finished_run
+    boosted = out / "boost" / "train" / "final"
+    cfg = prepare_demo(tmp_path / "again", [*TINY, f"model={boosted}", "boost.enabled=false"])
+    assert cfg.model == str(boosted)
+    assert not (tmp_path / "again" / "init").exists()  # no from-scratch model written
+
+
 def test_missing_model_fails_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="no-such-model"):
         load_config(None, [f"out={tmp_path / 'run'}", f"model={tmp_path / 'no-such-model'}"])

@@ -74,14 +74,15 @@ METHOD_RECIPES = {
 }
 
 
-def demo_config(out: str | Path, overrides: Sequence[str] = ()) -> tuple[RunSettings, dict]:
-    """The demo's run settings (with `overrides`) and the shape of its from-scratch model."""
+def demo_config(out: str | Path, overrides: Sequence[str] = ()) -> tuple[RunSettings, dict | None]:
+    """The demo's run settings (with `overrides`) and the shape of its from-scratch model (None: `model=` given)."""
     method = next((o.partition("=")[2] for o in overrides if o.startswith("method=")), "rise")
     data = apply_overrides(yaml.safe_load(DEMO_CONFIG), METHOD_RECIPES.get(method, []) + list(overrides))
     shape = data.pop("model")
     data["out"] = str(out)
-    data["model"] = str(Path(out) / "init")
-    return validate(RunSettings, data, "demo config"), shape
+    # `model=PATH` starts from that model (e.g. another run's boost) instead of the from-scratch one
+    data["model"] = shape if isinstance(shape, str) else str(Path(out) / "init")
+    return validate(RunSettings, data, "demo config"), shape if isinstance(shape, dict) else None
 
 
 def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
@@ -104,7 +105,8 @@ def prepare_demo(out: str | Path, overrides: Sequence[str] = (), overwrite: bool
 
     settings, shape = demo_config(out, overrides)
     claim(out, run_identity(settings), overwrite)
-    init_model(Path(settings.model), shape, seed=settings.seed)
+    if shape is not None:
+        init_model(Path(settings.model), shape, seed=settings.seed)
     check_model_specs(settings)
     return settings
 
