@@ -24,7 +24,6 @@ TINY = [
     "train.batch_size=4",
     "train.warmup_ratio=0",  # a warm-up step starts at rate 0: with one or two steps nothing would train
     "iterations=1",
-    "method=rise",  # the tiny model solves nothing: the demo's rise_success would have no samples
     "collect.max_turns=2",
     "collect.schedule=[{model: learner, n: 1}, {model: learner, n: 2}]",
     "collect.sampling.max_new_tokens=12",

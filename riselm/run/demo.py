@@ -36,7 +36,6 @@ boost:
   # 0.2% and 1.5% first-turn accuracy after 1 epoch, 41% and 26% after 2; benchmarks/results/demo.md)
   train: {learning_rate: 5.0e-3, epochs: 2, batch_size: 16, grad_accum: 1, warmup_ratio: 0.05, max_length: 512,
           save_steps: 100000, logging_steps: 100, precision: fp32}
-method: rise_success        # train the successful turns only: the boosted model's many wrong answers at weight 1 made it worse
 iterations: 2
 collect:
   limit: 2000
