@@ -19,20 +19,24 @@ import sys
 import time
 from pathlib import Path
 
+from riselm.rundir import EPISODES_FILE, RunLayout, iteration_stage
+
 
 def run_demo(out: Path, processes: int, overrides: list[str]) -> dict:
     command = [sys.executable, "-m", "riselm.cli", "demo", "--out", str(out), f"distributed.processes={processes}", *overrides]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
-    summary = json.loads((out / "summary.json").read_text())
+    layout = RunLayout(out)
+    summary = json.loads(layout.summary().read_text())
     stages = {s["name"]: s for s in summary["stages"]}
     result = {"processes": processes, "wall_s": round(wall, 1), "table": {k: {m: s[m] for m in summary["keys"]} for k, s in stages.items()}}
     for k in (1, 2):
-        seconds = stages.get(f"iter{k}", {}).get("seconds", {})
-        problems = sum(1 for _ in open(out / f"iter{k}" / "collect" / "episodes.jsonl"))
-        samples = sum(1 for _ in open(out / f"iter{k}" / "samples.jsonl"))
-        result[f"iter{k}"] = {
+        stage = iteration_stage(k)
+        seconds = stages.get(stage, {}).get("seconds", {})
+        problems = sum(1 for _ in open(layout.collect_dir(k) / EPISODES_FILE))
+        samples = sum(1 for _ in open(layout.samples(stage)))
+        result[stage] = {
             "collect_s": seconds.get("collect"),
             "problems_per_s": round(problems / seconds["collect"], 1),
             "train_s": seconds.get("train"),

@@ -172,6 +172,12 @@ PLOT_FILE = "accuracy.png"
 EPISODES_FILE = "episodes.jsonl"
 DONE_FILE = "DONE"  # marks a finished collection (written after the last episode)
 
+
+def iteration_stage(k: int) -> str:
+    """RISE iteration k's stage name (its folder, its summary row, its collection's random streams)."""
+    return f"iter{k}"
+
+
 ONLINE_PREFIX = "online@"  # the stage name of the live policy evaluated after N online steps
 _ONLINE_EVAL = re.compile(r"eval-step(\d+)$")
 
@@ -205,7 +211,7 @@ class RunLayout:
         return self.root / ("online" if stage.startswith(ONLINE_PREFIX) else stage)
 
     def iteration(self, k: int) -> Path:
-        return self.root / f"iter{k}"
+        return self.root / iteration_stage(k)
 
     def collect_dir(self, iteration: int | str) -> Path:
         """Iteration k's collection (by number, or by stage name such as 'iter2')."""

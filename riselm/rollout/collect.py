@@ -28,6 +28,7 @@ from riselm.generation.base import Generator
 from riselm.rollout.engine import RolloutSpec, Step
 from riselm.rollout.episode import Episode
 from riselm.rollout.shards import sharded_rollout
+from riselm.rundir import iteration_stage
 from riselm.settings import REFERENCE, CollectSettings, ScheduleStep, check_schedule
 from riselm.tasks.base import Problem, Task
 
@@ -50,7 +51,7 @@ def check_reference(task: Task, problems: Sequence[Problem], schedule: Sequence[
 
 def collect_spec(settings: CollectSettings, seed: int = 0, iteration: int = 1) -> RolloutSpec:
     return RolloutSpec(
-        stage=f"iter{iteration}",
+        stage=iteration_stage(iteration),
         no_degrade=True,
         mode="collect",
         turns=settings.max_turns,

@@ -34,7 +34,7 @@ from riselm.rollout.episode import Episode, read_episodes
 from riselm.rollout.shards import sharded_rollout
 from riselm.run.context import Run
 from riselm.run.summary import StageResult, write_summary
-from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim
+from riselm.rundir import DONE_FILE, EPISODES_FILE, FINAL, METRICS_FILE, ONLINE_PREFIX, RunLayout, claim, iteration_stage
 from riselm.settings import RunSettings, TrainSettings
 from riselm.tasks import get_task
 from riselm.tasks.base import Problem
@@ -83,7 +83,7 @@ def rise_iterations(run: Run, learner: Learner, model: str) -> list[StageResult]
     start_model = model
     layout = run.layout
     for k in range(1, settings.iterations + 1):
-        stage = f"iter{k}"
+        stage = iteration_stage(k)
         seconds: dict[str, float] = {}
         with timed(seconds, "collect"):
             collect_stage(run, learner, collector or model, layout.collect_dir(k), k)
