@@ -4,8 +4,9 @@ The learner is a tiny character-level Llama with random weights. The boost teach
 arithmetic task from gold step-by-step solutions, in conversations that already hold earlier wrong
 attempts followed by the retry message (a model boosted on single-turn data has never seen a second
 turn, so its later turns would be garbage and best-of-N would have nothing to pick). Then two RISE
-iterations: collect (turn 1 on-policy, best-of-N self-distillation after each wrong turn), build
-exp(r/tau)-weighted samples, train, and evaluate 5 sequential turns against 5 parallel samples.
+iterations: collect (turn 1 on-policy; after each wrong turn the best of 4 fresh attempts, sampled from
+the question alone because the boosted model copies an attempt it sees; one more turn after a right
+one), build exp(r/tau)-weighted samples, train, and evaluate 5 sequential turns against 5 parallel samples.
 """
 
 from __future__ import annotations
