@@ -87,7 +87,7 @@ def eval_command(
     top_p: float = typer.Option(default(SamplingSettings, "top_p")),
     max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
     seed: int = typer.Option(0, help="The run seed; with each problem's id and turn it seeds every conversation."),
-    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm or openai."),
+    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm, openai, or auto (vllm where installed, else hf)."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server URL (backend openai)."),
     batch_size: int = typer.Option(default(GeneratorSettings, "batch_size"), help="HF backend: sequences generated together."),
     backend_option: list[str] = typer.Option([], "--backend-option", help=BACKEND_OPTION_HELP),
@@ -156,14 +156,16 @@ def collect_command(
         "learner:1,learner:16", help="Per-turn improvers MODEL[:N[:fresh]] (learner, expert or reference), the last one repeats."
     ),
     expert: str | None = typer.Option(None, help="The model named `expert` in --schedule (a model spec or served name)."),
-    expert_backend: str = typer.Option("openai", help="hf, vllm or openai."),
+    expert_backend: str = typer.Option("openai", help="hf, vllm, openai, or auto (vllm where installed, else hf)."),
     expert_base_url: str | None = typer.Option(None, help="The expert's OpenAI-compatible server URL."),
     max_turns: int = typer.Option(default(CollectSettings, "max_turns")),
     window: int | None = typer.Option(None, help="Context window in attempts (default: whole history)."),
     temperature: float = typer.Option(default(SamplingSettings, "temperature")),
     top_p: float = typer.Option(default(SamplingSettings, "top_p")),
     max_new_tokens: int = typer.Option(default(SamplingSettings, "max_new_tokens")),
-    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="The learner's backend: hf or vllm."),
+    backend: str = typer.Option(
+        default(GeneratorSettings, "backend"), help="The learner's backend: hf, vllm, or auto (vllm where installed, else hf)."
+    ),
     batch_size: int = typer.Option(default(GeneratorSettings, "batch_size")),
     chunk_size: int = typer.Option(default(CollectSettings, "chunk_size"), help="Problems rolled out (and saved) together."),
     seed: int = typer.Option(0, help="The run seed; with each problem's id and turn it seeds every conversation."),

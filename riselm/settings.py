@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from riselm.generation.base import DEFAULT_BATCH_SIZE, SamplingParams
+from riselm.hardware import local_backend
 
 
 class _Settings(BaseModel):
@@ -49,7 +50,9 @@ class TaskSettings(_Settings):
 class GeneratorSettings(_Settings):
     """A generation backend for a model (the learner, or an expert improver)."""
 
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    # auto: vllm where it is installed, else hf (riselm.hardware.local_backend), decided when the settings are read,
+    # so that the run's config.yaml and riselm.json record the backend that generated
+    backend: Literal["auto", "hf", "vllm", "openai"] = "hf"
     model: str | None = None  # model spec; for the learner it is set by the pipeline to the current checkpoint
     base_url: str | None = None  # backend openai: the server's URL
     api_key_env: str = "OPENAI_API_KEY"  # backend openai: the variable holding the key
@@ -58,6 +61,11 @@ class GeneratorSettings(_Settings):
     # an explicit options.dtype wins
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     options: dict[str, Any] = {}  # more backend options (e.g. tensor_parallel_size for vllm, send_seed for openai)
+
+    @field_validator("backend")
+    @classmethod
+    def _resolve_auto(cls, backend: str) -> str:
+        return local_backend() if backend == "auto" else backend
 
 
 REFERENCE = "reference"  # the improver that answers with the task's gold solution (nothing is generated)

@@ -1,4 +1,5 @@
-"""precision: auto picks bf16 only where the hardware computes it natively; bf16 training keeps fp32 weights."""
+"""What `auto` picks: bf16 only where the hardware computes it natively (bf16 training keeps fp32 weights);
+vLLM where it is installed."""
 
 import pytest
 import torch
@@ -78,3 +79,20 @@ def test_the_bound_is_the_measured_matmul_rate_over_the_flops_a_token_needs(monk
     monkeypatch.setattr(hardware, "matmul_flops", {"fp32": 1.2e11, "bf16": 3.6e11}.get)
     assert hardware.bound_tokens_per_s(135_000_000, "fp32", "decode") == pytest.approx(1.2e11 / 2.7e8)
     assert hardware.bound_tokens_per_s(135_000_000, "bf16", "train") == pytest.approx(3.6e11 / 8.1e8)
+
+
+@pytest.mark.parametrize("installed, chosen", [(True, "vllm"), (False, "hf")])
+def test_backend_auto_is_vllm_where_installed_else_hf(monkeypatch, installed, chosen):
+    import importlib.util
+
+    from riselm.config import load_config
+    from riselm.settings import GeneratorSettings
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: (object() if installed else None) if name == "vllm" else real(name, *a)
+    )
+    assert GeneratorSettings(backend="auto").backend == chosen
+    assert GeneratorSettings(backend="hf").backend == "hf"  # a named backend is kept as given
+    # a run records the backend that generated, not "auto"
+    assert load_config(None, ["learner.backend=auto"], check_models=False).model_dump()["learner"]["backend"] == chosen

@@ -25,7 +25,7 @@ from riselm.generation.base import (
     stream_key,
 )
 
-BACKENDS = ("hf", "vllm", "openai")
+BACKENDS = ("auto", "hf", "vllm", "openai")  # auto: vllm where it is installed, else hf (riselm.hardware.local_backend)
 
 
 __all__ = [

@@ -17,7 +17,10 @@ from riselm.settings import GeneratorSettings, SamplingSettings, default
 
 def serve_command(
     model: str = typer.Argument(..., help="Local dir, hub id, .gguf file or 'smollm2' (hf, vllm); the served model's name (openai)."),
-    backend: str = typer.Option(default(GeneratorSettings, "backend"), help="hf, vllm or openai (a proxy in front of --base-url)."),
+    backend: str = typer.Option(
+        default(GeneratorSettings, "backend"),
+        help="hf, vllm, openai (a proxy in front of --base-url), or auto (vllm where installed, else hf).",
+    ),
     base_url: str | None = typer.Option(None, help="The OpenAI-compatible server behind this one (backend openai)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
