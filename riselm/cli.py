@@ -125,7 +125,7 @@ def eval_command(
         overwrite,
         command="eval",
         model=model,
-        backend=backend,
+        backend=generator_settings.backend,
         backend_options=generator_settings.options,
         task=task,
         task_options=options(task_option),
@@ -199,12 +199,13 @@ def collect_command(
         fail("--schedule names `expert`: give --expert (and --expert-base-url for a server)")
     task_obj = run(get_task, task, **options(task_option))
     problems = run(task_obj.load, split=where.train_split, data=where.train_data, limit=where.train_limit)
+    learner_settings = settings_of(GeneratorSettings, dict(backend=backend, batch_size=batch_size))
     claim(
         out,
         overwrite,
         command="collect",
         model=model,
-        backend=backend,
+        backend=learner_settings.backend,
         task=task,
         task_options=options(task_option),
         split=where.train_split,
@@ -215,7 +216,7 @@ def collect_command(
         expert=_model_identity(expert) if "expert" in wanted else None,
         expert_backend=expert_backend if "expert" in wanted else None,
     )
-    generators = {"learner": run(build, settings_of(GeneratorSettings, dict(backend=backend, batch_size=batch_size)), model)}
+    generators = {"learner": run(build, learner_settings, model)}
     try:
         if "expert" in wanted:
             expert_settings = settings_of(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))

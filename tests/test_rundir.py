@@ -85,6 +85,17 @@ def test_eval_resumes_only_its_own_work(tmp_path, tiny_model_dir):
     assert all(len(json.loads(line)["turns"]) == 3 for line in (out / "episodes.sequential.jsonl").read_text().splitlines())
 
 
+def test_backend_auto_is_recorded_as_the_backend_it_chose(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    out = tmp_path / "e"
+    assert invoke(*EVAL, "--model", tiny_model_dir, "--out", out, "--backend", "auto").exit_code == 0
+    assert json.loads((out / "riselm.json").read_text())["backend"] == "hf"
+    assert invoke(*EVAL, "--model", tiny_model_dir, "--out", out, "--backend", "hf").exit_code == 0  # the same run: resumes
+
+
 def test_train_into_a_directory_of_other_data_stops(tmp_path, tiny_model_dir):
     from riselm.jsonl import write_jsonl
     from riselm.rollout.episode import Episode, Turn
