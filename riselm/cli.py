@@ -200,6 +200,7 @@ def collect_command(
     task_obj = run(get_task, task, **options(task_option))
     problems = run(task_obj.load, split=where.train_split, data=where.train_data, limit=where.train_limit)
     learner_settings = settings_of(GeneratorSettings, dict(backend=backend, batch_size=batch_size))
+    expert_settings = settings_of(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))
     claim(
         out,
         overwrite,
@@ -214,12 +215,11 @@ def collect_command(
         seed=seed,
         settings=without(settings.model_dump(), ["chunk_size"]),
         expert=_model_identity(expert) if "expert" in wanted else None,
-        expert_backend=expert_backend if "expert" in wanted else None,
+        expert_backend=expert_settings.backend if "expert" in wanted else None,
     )
     generators = {"learner": run(build, learner_settings, model)}
     try:
         if "expert" in wanted:
-            expert_settings = settings_of(GeneratorSettings, dict(backend=expert_backend, base_url=expert_base_url, batch_size=batch_size))
             generators["expert"] = run(build, expert_settings, expert)
         episodes = run(collect, task_obj, generators, problems, out / EPISODES_FILE, settings, seed)
     finally:
