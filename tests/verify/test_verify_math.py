@@ -9,6 +9,7 @@ import time
 import pytest
 
 from riselm.verify import math as verify_math
+from riselm.verify import mathverify
 from riselm.verify.math import (
     exact_number,
     last_boxed,
@@ -195,9 +196,9 @@ def test_non_equivalent_answers(gold, pred):
 def test_equivalence_works_off_the_main_thread_and_times_out(monkeypatch):
     """math-verify's own timeout needs the main thread; ours must stop a hung check from any thread."""
     results: dict[str, object] = {}
-    killed: list[verify_math._Worker] = []
-    kill = verify_math._Worker.kill
-    monkeypatch.setattr(verify_math._Worker, "kill", lambda worker: (kill(worker), killed.append(worker)))
+    killed: list[mathverify._Worker] = []
+    kill = mathverify._Worker.kill
+    monkeypatch.setattr(mathverify._Worker, "kill", lambda worker: (kill(worker), killed.append(worker)))
 
     def work():
         start = time.monotonic()
@@ -212,7 +213,7 @@ def test_equivalence_works_off_the_main_thread_and_times_out(monkeypatch):
     assert not thread.is_alive()
     assert results["hung"] is False
     assert len(killed) == 1 and killed[0].proc.returncode is not None  # the hung process is gone
-    assert killed[0] not in verify_math._workers._live
+    assert killed[0] not in mathverify.workers._live
     assert results["hung_seconds"] < 30  # 1 s of checking, plus starting a worker on a busy machine
     assert results["symbolic"] is True
     assert results["different"] is False
@@ -244,8 +245,8 @@ def test_fast_path_does_not_start_math_verify(monkeypatch):
     def fail(*args):
         raise AssertionError("math-verify should not be needed")
 
-    monkeypatch.setattr(verify_math._workers, "check", fail)
-    monkeypatch.setattr(verify_math, "_math_verify", fail)
+    monkeypatch.setattr(mathverify.workers, "check", fail)
+    monkeypatch.setattr(verify_math, "in_process", fail)
     assert math_equivalent("\\frac{1}{2}", "0.5")
     assert math_equivalent("\\left(1,2\\right)", "(1, 2)")
     assert not math_equivalent("17", "-17")
@@ -256,15 +257,15 @@ def test_fast_path_does_not_start_math_verify(monkeypatch):
 def test_a_forked_child_starts_its_own_workers():
     """A child forked after the parent used the pool must not talk to the parent's worker processes."""
     assert math_equivalent("2\\sqrt{3}", "\\sqrt{12}")  # the parent now holds an idle worker
-    assert verify_math._workers._idle
+    assert mathverify.workers._idle
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report through the pipe, never return into pytest
         try:
-            ok = not verify_math._workers._idle and math_equivalent("x^2+2x+1", "(x+1)^2")
+            ok = not mathverify.workers._idle and math_equivalent("x^2+2x+1", "(x+1)^2")
             os.write(write, b"1" if ok else b"0")
         finally:
-            verify_math._workers.close()
+            mathverify.workers.close()
             os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
