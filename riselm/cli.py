@@ -14,7 +14,7 @@ import typer
 
 from riselm.analysis.cli import register as register_analyses
 from riselm.commandline import BACKEND_OPTION_HELP, TASK_OPTION_HELP, claim, fail, options, run, sampling_values, settings_of
-from riselm.rundir import EPISODES_FILE, NOT_CONTENT, REPORT_FILE, RunLayout, without
+from riselm.rundir import EPISODES_FILE, REPORT_FILE, RunLayout
 from riselm.rundir import model_identity as _model_identity
 from riselm.serve.cli import register as register_serving
 from riselm.settings import CollectSettings, EvalSettings, GeneratorSettings, SamplesSettings, SamplingSettings, check_schedule, default
@@ -134,7 +134,7 @@ def eval_command(
         data=data,
         limit=limit,
         seed=seed,
-        settings=without(settings.model_dump(), ["chunk_size", "base"]),
+        settings=settings,
     )
     generator = run(build, generator_settings, model)
     try:
@@ -213,7 +213,7 @@ def collect_command(
         data=data,
         limit=limit,
         seed=seed,
-        settings=without(settings.model_dump(), ["chunk_size"]),
+        settings=settings,
         expert=_model_identity(expert) if "expert" in wanted else None,
         expert_backend=expert_settings.backend if "expert" in wanted else None,
     )
@@ -261,9 +261,9 @@ def train_command(
         command="train",
         model=model,
         data=data,
-        samples=samples.model_dump(),
+        samples=samples,
         window=context,
-        settings=without(settings.model_dump(), NOT_CONTENT["train"]),
+        settings=settings,
     )
     final = run(train_from_file, data, model_dir, out, settings, samples, context)
     typer.echo(f"trained model in {final}")
@@ -308,10 +308,9 @@ def demo_command(
 def _pipeline(settings, argv: list[str], overwrite: bool = False) -> None:
     """Run the pipeline here, or start its worker processes (distributed.processes > 1) running `argv`."""
     from riselm import distributed
-    from riselm.run.pipeline import run_identity, run_pipeline
-    from riselm.rundir import claim
+    from riselm.run.pipeline import claim_run, run_pipeline
 
-    run(claim, settings.out, run_identity(settings), overwrite)
+    run(claim_run, settings.out, settings, overwrite)
 
     if distributed.needs_launch(settings.distributed):
         run(distributed.launch, settings.distributed, Path(settings.out), argv)

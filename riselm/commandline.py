@@ -70,12 +70,26 @@ def options(pairs: list[str]) -> dict:
     return run(apply_overrides, {}, pairs)
 
 
-def claim(out: Path, overwrite: bool, *, model: str | None, data: str | Path | None = None, **identity: Any) -> None:
-    """Claim the output directory for this command's settings (riselm.rundir): resume only the same work."""
-    from riselm.rundir import claim, data_identity, model_identity
+def claim(out: Path, overwrite: bool, *, command: str, model: str | None, data: str | Path | None = None, **identity: Any) -> None:
+    """Claim the output directory for this command's settings (riselm.rundir): resume only the same work.
 
-    identity = {**identity, "model": model_identity(model), "data": data_identity(data)}
-    run(claim, out, identity, overwrite)
+    Settings models among `identity` are recorded as their content (`settings` without the command's speed
+    settings, riselm.rundir.NOT_CONTENT) and read back from an older riselm's record with today's defaults."""
+    from pydantic import BaseModel
+
+    from riselm.rundir import NOT_CONTENT, claim, data_identity, model_identity, without
+
+    models = {key: value for key, value in identity.items() if isinstance(value, BaseModel)}
+
+    def content(key: str, settings: BaseModel) -> dict:
+        return without(settings.model_dump(), NOT_CONTENT.get(command, ()) if key == "settings" else ())
+
+    def as_today(recorded: dict) -> dict:
+        return {**recorded, **{key: content(key, type(value).model_validate(recorded[key])) for key, value in models.items()}}
+
+    identity = {**identity, **{key: content(key, value) for key, value in models.items()}}
+    identity = {"command": command, **identity, "model": model_identity(model), "data": data_identity(data)}
+    run(claim, out, identity, overwrite, as_today)
 
 
 def sampling_values(temperature: float, top_p: float, max_new_tokens: int) -> dict:

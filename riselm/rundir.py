@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ IDENTITY_FILE = "riselm.json"
 _TRAIN_BOOKKEEPING = ("logging_steps", "save_steps", "save_total_limit", "report_to", "resume")
 # Settings that decide how fast or how visibly the work is done, not what it produces: they may change
 # between a run and its resume. (Training batch sizes do change what is trained, so they are content.)
+# Keyed by command: `eval`, `collect` and `train` by the keys of their settings model.
 NOT_CONTENT: dict[str, tuple[str, ...]] = {
+    "eval": ("chunk_size", "base"),
+    "collect": ("chunk_size",),
     "train": _TRAIN_BOOKKEEPING,
     "run": (
         "out",
@@ -60,8 +63,17 @@ class RunDirError(ValueError):
     """An output directory holds the results of other work than the command asks for."""
 
 
-def claim(directory: str | Path, identity: Mapping[str, Any], overwrite: bool = False) -> None:
-    """Record `identity` in a new (or empty) `directory`, or check it against the one recorded there."""
+def claim(
+    directory: str | Path,
+    identity: Mapping[str, Any],
+    overwrite: bool = False,
+    upgrade: Callable[[dict], dict] | None = None,
+) -> None:
+    """Record `identity` in a new (or empty) `directory`, or check it against the one recorded there.
+
+    `upgrade` reads a record as today's settings would: an older riselm recorded no value for the options
+    added since, and their defaults do what that version did, so the run resumes after an upgrade. A record
+    it cannot read (an option since removed) is compared as it stands."""
     directory = Path(directory)
     identity = json.loads(json.dumps(identity))  # as it reads back: tuples become lists, keys strings
     if overwrite and _holds_files(directory):
@@ -75,6 +87,8 @@ def claim(directory: str | Path, identity: Mapping[str, Any], overwrite: bool = 
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RunDirError(f"{record}: damaged (not valid JSON); use another --out, or --overwrite to move {directory} aside") from None
         difference = first_difference(recorded, identity)
+        if difference is not None and upgrade is not None:
+            difference = first_difference(_upgraded(recorded, upgrade), identity)
         if difference is None:
             return
         key, old, new = difference
@@ -88,6 +102,13 @@ def claim(directory: str | Path, identity: Mapping[str, Any], overwrite: bool = 
             "or add --overwrite to move them aside"
         )
     write_json(record, identity)
+
+
+def _upgraded(recorded: dict, upgrade: Callable[[dict], dict]) -> dict:
+    try:
+        return json.loads(json.dumps(upgrade(recorded)))
+    except (ValueError, TypeError, KeyError):  # pydantic's ValidationError is a ValueError
+        return recorded
 
 
 def first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any] | None:

@@ -151,6 +151,52 @@ def test_run_into_a_finished_run_of_another_task_stops(tmp_path, tiny_model_dir)
     claim(tmp_path / "run", run_identity(settings))
 
 
+def _forget(out, *keys):
+    """Make `out`'s record look written by an older riselm: one without the given (dotted) options."""
+    from riselm.rundir import without
+
+    record = out / IDENTITY_FILE
+    record.write_text(json.dumps(without(json.loads(record.read_text()), keys)))
+
+
+def test_a_run_of_an_older_riselm_resumes_when_new_options_keep_their_defaults(tmp_path, tiny_model_dir):
+    from riselm.config import load_config
+    from riselm.run.pipeline import claim_run
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"out: {tmp_path / 'run'}\nmodel: {tiny_model_dir}\ntask: {{name: arithmetic}}\n")
+    claim_run(tmp_path / "run", load_config(config))
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    # before `boost.wrong_attempts`, `samples.normalize` and a schedule step's `context` existed
+    record = json.loads((tmp_path / "run" / IDENTITY_FILE).read_text())
+    for step in record["collect"]["schedule"]:
+        del step["context"]
+    (tmp_path / "run" / IDENTITY_FILE).write_text(json.dumps(record))
+    _forget(tmp_path / "run", "boost.wrong_attempts", "samples.normalize")
+    claim_run(tmp_path / "run", load_config(config))  # resumes
+    with pytest.raises(RunDirError, match='boost.wrong_attempts="corrupt", not boost.wrong_attempts="own"'):
+        claim_run(tmp_path / "run", load_config(config, ["boost.wrong_attempts=own"]))  # not what the old run did
+    one_error(invoke("run", config, "samples.normalize=true"), "samples.normalize=false")
+
+
+def test_commands_of_an_older_riselm_resume_when_new_options_keep_their_defaults(tmp_path, tiny_model_dir):
+    from riselm.jsonl import write_jsonl
+    from riselm.rollout.episode import Episode, Turn
+
+    out = tmp_path / "e"
+    assert invoke(*EVAL, "--model", tiny_model_dir, "--out", out).exit_code == 0
+    _forget(out, "settings.feedback", "settings.system")
+    assert invoke(*EVAL, "--model", tiny_model_dir, "--out", out).exit_code == 0
+    one_error(invoke(*EVAL, "--model", tiny_model_dir, "--out", out, "--feedback", "self_refine"), "settings.feedback")
+
+    write_jsonl(tmp_path / "a.jsonl", [Episode("p", "toy", "collect", "2+2?", [Turn("\\boxed{4}", "4", 1.0)]).to_dict()])
+    args = ["train", tmp_path / "a.jsonl", "--model", tiny_model_dir, "--out", tmp_path / "t", "--set", "max_steps=1"]
+    assert invoke(*args).exit_code == 0
+    _forget(tmp_path / "t", "samples.normalize", "samples.wrong_weight", "settings.precision")
+    assert invoke(*args).exit_code == 0, invoke(*args).output
+    one_error(invoke(*args, "--set", "precision=bf16"), "settings.precision")
+
+
 def test_the_demo_claims_its_directory_before_writing_its_model(tmp_path):
     from riselm.run.demo import prepare_demo
 

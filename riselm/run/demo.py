@@ -104,11 +104,10 @@ def init_model(path: Path, shape: dict, seed: int = 0) -> Path:
 
 def prepare_demo(out: str | Path, overrides: Sequence[str] = (), overwrite: bool = False) -> RunSettings:
     """The demo's settings, with its from-scratch model written into `out` (once, after claiming `out`)."""
-    from riselm.run.pipeline import run_identity
-    from riselm.rundir import claim
+    from riselm.run.pipeline import claim_run
 
     settings, shape = demo_config(out, overrides)
-    claim(out, run_identity(settings), overwrite)
+    claim_run(out, settings, overwrite)
     if shape is not None:
         init_model(Path(settings.model), shape, seed=settings.seed)
     check_model_specs(settings)

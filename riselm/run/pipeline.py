@@ -118,7 +118,7 @@ def start_run(settings: RunSettings, show_progress: bool = True, current: distri
             raise ConfigError(str(e)) from None
     out = Path(settings.out)
     if current.main:
-        claim(out, run_identity(settings))  # a library call into another run's directory stops here too
+        claim_run(out, settings)  # a library call into another run's directory stops here too
         write_text_atomic(RunLayout(out).config, yaml.safe_dump(settings.model_dump(), sort_keys=False))
     current.barrier()
     return Run(settings, task, train_problems, eval_problems, out, show_progress, current)
@@ -306,6 +306,16 @@ def evaluate_stage(run: Run, learner: Learner, model: str, name: str, seconds: d
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+
+def claim_run(out: str | Path, settings: RunSettings, overwrite: bool = False) -> None:
+    """Claim a run directory for `settings` (riselm.rundir.claim), reading an older riselm's record with
+    today's defaults for the options it predates."""
+
+    def as_today(recorded: dict) -> dict:
+        return run_identity(RunSettings.model_validate({**recorded, "out": settings.out}))
+
+    claim(out, run_identity(settings), overwrite, upgrade=as_today)
 
 
 def run_identity(settings: RunSettings) -> dict:
