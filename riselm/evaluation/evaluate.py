@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -14,10 +15,10 @@ from riselm.evaluation.metrics import episode_metrics, parallel_metrics, sequent
 from riselm.evaluation.report import parallel_note, plot_turn_curves, turn_table
 from riselm.files import write_json, write_text_atomic
 from riselm.generation.base import Generator
-from riselm.jsonl import DataError
+from riselm.jsonl import DataError, JsonlAppender
 from riselm.rollout.engine import RolloutSpec, Step
-from riselm.rollout.episode import read_episodes
-from riselm.rollout.shards import sharded_rollout
+from riselm.rollout.episode import Episode, finished_keys, read_episodes
+from riselm.rollout.shards import merge_shards, sharded_rollout
 from riselm.rundir import METRICS_FILE, PARALLEL_FILE, PLOT_FILE, REPORT_FILE, SEQUENTIAL_FILE
 from riselm.settings import EvalSettings
 from riselm.tasks import get_task
@@ -102,7 +103,11 @@ def evaluate(
     seq_metrics = sequential_metrics(sequential, task.same_answer, task.answer_key)
     par_metrics = None
     if settings.parallel_samples > 0:
-        parallel = sharded_rollout(task, problems, schedule, parallel_spec(settings, seed), out_dir / PARALLEL_FILE, show_progress)
+        spec = parallel_spec(settings, seed)
+        if world().main:
+            copy_first_turns(sequential, spec, out_dir / PARALLEL_FILE)
+        world().barrier()
+        parallel = sharded_rollout(task, problems, schedule, spec, out_dir / PARALLEL_FILE, show_progress)
         par_metrics = parallel_metrics(parallel, task.same_answer, task.answer_key)
 
     wall = time.perf_counter() - start
@@ -111,6 +116,21 @@ def evaluate(
     if world().main:  # every process has the merged episodes and metrics; one writes them down
         write_report(result, task=task.name, model=generator.name, settings=settings, title=title)
     return result
+
+
+def copy_first_turns(sequential: Sequence[Episode], spec: RolloutSpec, path: Path) -> None:
+    """Write each sequential episode's turn 1 into `path` as parallel sample 0, unless it is there.
+
+    Sample 0 of a parallel evaluation is seeded like turn 1 of the sequential one (riselm.rollout.engine):
+    given the same model it is the same response, so it is copied instead of generated again (1 of K + k
+    responses a problem), and the rollout that follows skips it like any finished episode."""
+    merge_shards(path)  # a killed distributed evaluation's shards may hold some already
+    done = finished_keys(path)
+    with JsonlAppender(path) as out:
+        for episode in sequential:
+            if episode.turns and (episode.id, 0) not in done:
+                turn = dataclasses.replace(episode.turns[0], feedback=None)  # the episode ends after it
+                out.write(dataclasses.replace(episode, mode=spec.mode, window=spec.window, turns=[turn]).to_dict())
 
 
 def write_report(result: EvalResult, task: str, model: str, settings: EvalSettings, title: str | None = None) -> None:

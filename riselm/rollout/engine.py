@@ -17,7 +17,8 @@ evaluated with the same noise on the same problems), and a backend draws its n c
 fixed by that seed and the candidate's index. No seed depends on a position in a batch or a chunk,
 so a resumed, re-chunked or sharded run generates the same episodes as one uninterrupted run (up
 to floating-point differences between batch shapes). Sample 0 of a parallel evaluation therefore
-shares its seed with turn 1 of the sequential one: given the same model they are the same response.
+shares its seed with turn 1 of the sequential one: given the same model they are the same response,
+so evaluation copies it instead of generating it twice (riselm.evaluation.evaluate).
 
 Episodes are appended to `out_path` as each chunk of problems finishes; a killed rollout resumes
 with finished (problem, sample) pairs skipped, so nothing is lost or duplicated.

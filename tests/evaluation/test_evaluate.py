@@ -168,3 +168,23 @@ def test_report_says_when_problems_have_different_sample_counts(tmp_path):
     assert "for k above 1 average only the problems with at least k samples" in report
     assert "1 problem(s) have no parallel sample" in report
     assert json.loads((out / "metrics.json").read_text())["parallel"]["sample_counts"] == {"0": 1, "1": 1, "3": 1}
+
+
+def test_parallel_sample_zero_is_turn_one_copied_not_generated_again(tmp_path, tiny_model_dir):
+    from riselm.generators import build
+    from riselm.rollout.engine import Step, rollout
+    from riselm.settings import GeneratorSettings
+    from riselm.tasks import get_task
+
+    task = get_task("arithmetic", digits=2, train_size=5, test_size=4)
+    problems = task.load("test")
+    settings = EvalSettings(turns=2, parallel_samples=3, sampling=SamplingSettings(max_new_tokens=6))
+    generator = build(GeneratorSettings(backend="hf", batch_size=8), str(tiny_model_dir))
+    evaluate(task, generator, tmp_path / "eval", settings, problems=problems, show_progress=False)
+    assert generator.stats.completions == 4 * 2 + 4 * 2  # two sequential turns, parallel samples 1 and 2
+
+    from riselm.evaluation.evaluate import parallel_spec
+
+    generated = rollout(task, problems, [Step(generator)], parallel_spec(settings), tmp_path / "generated.jsonl", show_progress=False)
+    copied = {(e["id"], e["sample"]): e for e in map(json.loads, (tmp_path / "eval" / "episodes.parallel.jsonl").read_text().splitlines())}
+    assert len(copied) == 12 and all(copied[e.key] == e.to_dict() for e in generated)  # the copy is what sampling gives
