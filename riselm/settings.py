@@ -251,6 +251,12 @@ class OnlineSettings(_Settings):
     stop_when_correct: bool = False  # end an episode at its first correct turn (RISE collection) or run all K
     window: int | None = Field(None, ge=1)  # context window: the question plus the last window-1 attempts
     candidates: list[int] = Field(default_factory=lambda: [1], min_length=1)  # samples per turn; the last repeats
+    # what a turn after a wrong one is sampled from: the episode so far (on-policy), or the question alone
+    # ("fresh", collection's `context: fresh` online: new attempts, trained after the history, so that the
+    # policy learns to re-solve instead of repeating its failed attempt; after a right turn candidates see
+    # the history). Fresh actions are not the policy's samples in the history context, so they need
+    # objective awr: a policy gradient's importance ratios to them vanish
+    context: Literal["history", "fresh"] = "history"
     # train every candidate of a turn (credited against each other) or only the chosen one (the best, which
     # the episode continues with): with credit {returns: reward, baseline: none} and objective awr, the
     # latter is RISE's own loss, online
@@ -288,6 +294,11 @@ class OnlineSettings(_Settings):
             )
         if self.sampling.temperature <= 0:
             raise ValueError("online.sampling.temperature must be above 0: online RL samples its actions (greedy has no policy to train)")
+        if self.context == "fresh" and self.objective != "awr":
+            raise ValueError(
+                f"online.context fresh needs online.objective awr (got {self.objective}): fresh actions are sampled "
+                "from the question alone, so the policy gradient's importance ratios in the history context vanish"
+            )
         return self
 
 

@@ -41,6 +41,7 @@ def test_overrides_reach_nested_keys():
         ("train.learning_rate=[1,", "override 'train.learning_rate=[1,': the value is not valid YAML"),
         ("eval.sampling.temperature=inf", "eval.sampling.temperature: Input should be a finite number"),
         ("train.learning_rate=.nan", "train.learning_rate: Input should be a finite number"),
+        ("online.context=fresh", "online.context fresh needs online.objective awr"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, message):

@@ -17,6 +17,13 @@ DEFAULT_BATCH_SIZE = 32  # hf: rows generated together, unless a GeneratorSettin
 SEED_LIMIT = 2**31  # seeds are non-negative ints below this (every backend and server accepts them)
 
 
+def prompt_ids(tokenizer, conversation: Sequence[Message]) -> list[int]:
+    """The ids a model is conditioned on to answer `conversation`: the tokenizer's own chat template with
+    the generation prompt. The one rendering of the backends that hold a tokenizer (hf, vllm), of the
+    server's token counts and of online RL's training rows."""
+    return list(tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     n: int = 1  # responses per conversation

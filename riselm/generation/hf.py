@@ -33,7 +33,16 @@ from typing import cast
 
 from transformers import StopStringCriteria
 
-from riselm.generation.base import DEFAULT_BATCH_SIZE, Completion, Conversation, GenerationStats, SamplingParams, check_seeds, stream_key
+from riselm.generation.base import (
+    DEFAULT_BATCH_SIZE,
+    Completion,
+    Conversation,
+    GenerationStats,
+    SamplingParams,
+    check_seeds,
+    prompt_ids,
+    stream_key,
+)
 from riselm.generation.decoding import Sampling, sample_batch
 
 
@@ -135,7 +144,7 @@ class HFGenerator:
         return self.model
 
     def _prompt_ids(self, index: int, conversation: Conversation, params: SamplingParams) -> list[int]:
-        ids = list(self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False))
+        ids = prompt_ids(self.tokenizer, conversation)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit is not None and len(ids) + params.max_new_tokens > limit:
             # Absolute position embeddings (GPT-2) would fail with an index error deep inside the model.

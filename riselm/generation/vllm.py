@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds
+from riselm.generation.base import Completion, Conversation, GenerationStats, SamplingParams, check_seeds, prompt_ids
 from riselm.generation.errors import BackendUnavailable
 from riselm.generation.vllm_setup import (
     adapter_base,
@@ -281,8 +281,7 @@ class VLLMGenerator:
 
     def _prompt_ids(self, conversation: Conversation) -> list[int]:
         assert self._tokenizer is not None  # the first _start, in __init__, loaded it
-        ids = self._tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
-        return list(ids)
+        return prompt_ids(self._tokenizer, conversation)
 
     def _sampling_params(self, params: SamplingParams, seed: int | None):
         from vllm import SamplingParams as VLLMSamplingParams

@@ -13,6 +13,11 @@ state, with the same credit settings (`credit.candidate_advantages`: the continu
 is its return-to-go, the others' their own shaped reward), and every candidate, not only the chosen
 one, is trained; with `chosen_only` only the continued candidates, credited as turns of their episodes.
 
+Fresh turns (`online.context: fresh`): the candidates were sampled from the question alone, but the
+action is trained where the episode placed it, after the history; that one prompt is rendered
+(`history_ids`, the chat template the backends use), since no sampler conditioned on it. The row keeps
+the fresh sampler's log-probs, which are not the policy's in that context (hence objective awr).
+
 Behaviour log-probs: a row carries the log-prob the sampler gave each of its action tokens, as the
 backend recorded it while sampling (`Candidate.logprobs`, from `Completion.logprobs`); the policy
 gradient's importance ratios are taken against them.
@@ -20,7 +25,7 @@ gradient's importance ratios are taken against them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,16 +51,22 @@ class ActionRow:
     logprobs: tuple[float, ...] | None = None
 
 
-def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings, chosen_only: bool = False) -> list[ActionRow]:
+def action_rows(
+    groups: Sequence[Sequence[Episode]],
+    credit: CreditSettings,
+    chosen_only: bool = False,
+    history_ids: Callable[[Episode, int], Sequence[int]] | None = None,
+) -> list[ActionRow]:
     """Every sampled action of the episodes (grouped by problem) with its advantage and the sampler's
     log-probs; with `chosen_only`, only the actions the episodes continued with (each credited as a
-    turn of its episode)."""
+    turn of its episode). `history_ids(episode, t)`: the prompt ids of turn t after its history, for
+    the turns sampled fresh (their recorded prompt is the question alone)."""
     advantages = turn_advantages([[[t.reward for t in e.turns] for e in episodes] for episodes in groups], credit)
     rows: list[ActionRow] = []
 
-    def add(turn, candidate, advantage: float, t: int) -> None:
+    def add(prompt: tuple[int, ...], candidate, advantage: float, t: int) -> None:
         junk = is_degenerate(candidate.response)
-        rows.append(ActionRow(turn.prompt_ids, candidate.token_ids, advantage, t, junk, candidate.logprobs))
+        rows.append(ActionRow(prompt, candidate.token_ids, advantage, t, junk, candidate.logprobs))
 
     for episodes, problem_advantages in zip(groups, advantages):
         for episode, episode_advantages in zip(episodes, problem_advantages):
@@ -66,15 +77,20 @@ def action_rows(groups: Sequence[Sequence[Episode]], credit: CreditSettings, cho
                         f"episode {episode.id!r}: turn {t + 1} has no token ids; online training needs a backend "
                         "that returns the sampled ids (hf or vllm)"
                     )
+                prompt = turn.prompt_ids
+                if turn.context == "fresh":
+                    if history_ids is None:
+                        raise OnlineError(f"episode {episode.id!r}: turn {t + 1} was sampled fresh; its rows need history_ids")
+                    prompt = tuple(history_ids(episode, t))
                 chosen = _chosen(episode, t)
                 if len(turn.candidates) == 1 or chosen_only:
-                    add(turn, turn.candidates[chosen], advantage, t)
+                    add(prompt, turn.candidates[chosen], advantage, t)
                     continue
                 previous = episode.turns[t - 1].reward if t else None
                 continuation = returns[t + 1] if t + 1 < len(returns) else 0.0
                 values = candidate_advantages([c.reward for c in turn.candidates], chosen, previous, continuation, credit)
                 for candidate, value in zip(turn.candidates, values):
-                    add(turn, candidate, value, t)
+                    add(prompt, candidate, value, t)
     return rows
 
 

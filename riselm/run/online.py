@@ -4,7 +4,8 @@ Each step takes the next `problems_per_step` training problems (a fresh permutat
 them, fixed by the run seed), rolls out `episodes_per_problem` episodes of each with the one rollout
 engine (the same multi-turn loop as evaluation), credits every turn (riselm.online.batch) and updates
 the policy (riselm.online.update). Every `eval_every` steps and at the end the live model is
-evaluated exactly as every other stage.
+evaluated exactly as every other stage. With `context: fresh` the candidates after a wrong turn are
+sampled from the question alone and trained after the history (riselm.online.batch).
 
 Generation: with the hf backend it happens in this process with the live weights (nothing is saved
 or reloaded between steps). With vllm, the engine is handed the new weights every `sync_every`
@@ -30,6 +31,7 @@ import torch
 
 from riselm.checkpoints import checkpoint_dir, checkpoints, last_complete_checkpoint, mark_complete, publish
 from riselm.evaluation.evaluate import evaluate
+from riselm.generation.base import prompt_ids
 from riselm.online.batch import action_rows
 from riselm.online.update import PolicyUpdater
 from riselm.rollout.engine import RolloutSpec, Step, conversation_seed, rollout
@@ -101,7 +103,11 @@ def online_stage(run: Run, start_model: str) -> str:
     done = _resume(stage_dir, model, updater)
     generator = _policy_generator(run, model, tokenizer)
     monitor = Monitor(layout, s.report_to, done, run.show_progress, s.steps)
-    schedule = [Step(generator, n, source="learner") for n in s.candidates]
+    schedule = [Step(generator, n, source="learner", context=s.context) for n in s.candidates]
+
+    def history_ids(episode: Episode, t: int) -> list[int]:  # where a fresh turn's action is trained
+        return prompt_ids(tokenizer, episode.messages(upto=t, window=s.window))
+
     try:
         if _evaluates_at(s, done):  # killed during the evaluation after its checkpoint: finish it first
             _evaluate_live(run, generator, done)
@@ -112,7 +118,7 @@ def online_stage(run: Run, start_model: str) -> str:
             problems = step_problems(run.train_problems, step, s.problems_per_step, run.settings.seed)
             tokens_before = generator.stats.generated_tokens
             episodes = rollout(run.task, problems, schedule, step_spec(run, step), show_progress=False, timings=timings)
-            rows = action_rows(group_by_problem(episodes), s.credit, chosen_only=s.train_candidates == "chosen")
+            rows = action_rows(group_by_problem(episodes), s.credit, s.train_candidates == "chosen", history_ids)
             update_start = time.perf_counter()
             stats = updater.step(rows, number)
             timings["update"] = time.perf_counter() - update_start

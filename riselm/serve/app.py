@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from riselm.generation.base import Generator
+from riselm.generation.base import Generator, prompt_ids
 from riselm.generation.errors import BackendUnavailable
 from riselm.serve.metrics import ServeMetrics
 from riselm.serve.protocol import ApiError, ChatRequest, chunk_body, completion_body, completion_id, parse_request, split_messages
@@ -57,8 +57,7 @@ class PromptCounter:
         if self.tokenizer is None:
             return None
         with self.lock:
-            ids = self.tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False)
-        return len(ids)
+            return len(prompt_ids(self.tokenizer, conversation))
 
     def text(self, text: str) -> int:
         assert self.tokenizer is not None

@@ -139,3 +139,35 @@ def test_the_curves_draw_a_moving_mean_that_skips_missing_values():
 
     assert _moving_mean([10.0, None, 20.0, 30.0, 40.0], 3) == [10.0, 10.0, 15.0, 25.0, 30.0]
     assert _moving_mean([None, None], 10) == [None, None]
+
+
+def test_fresh_context_samples_after_a_wrong_turn_from_the_question_and_trains_after_the_history(tmp_path, monkeypatch):
+    """`online.context: fresh` reaches the rollout, and each fresh turn's rows hold its windowed history
+    rendered by the run's tokenizer (not the question the candidates were sampled from)."""
+    from transformers import AutoTokenizer
+
+    from riselm.generation.base import prompt_ids
+    from riselm.run import online as loop
+
+    seen = []
+    original = loop.action_rows
+
+    def recording(groups, *args):
+        rows = original(groups, *args)
+        seen.append(([e for g in groups for e in g], rows))
+        return rows
+
+    monkeypatch.setattr(loop, "action_rows", recording)
+    extra = ["online.context=fresh", "online.objective=awr", "online.turns=3", "online.window=2", "online.steps=2", "online.eval_every=0"]
+    run(tmp_path, extra)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "online" / "final")
+    fresh = 0
+    for episodes, rows in seen:
+        prompts = {(r.turn, r.prompt_ids) for r in rows}
+        for e in episodes:
+            for t, turn in enumerate(e.turns):
+                if turn.context == "fresh":
+                    fresh += 1
+                    assert list(turn.prompt_ids) == prompt_ids(tok, e.messages(upto=0))
+                    assert (t, tuple(prompt_ids(tok, e.messages(upto=t, window=2)))) in prompts
+    assert fresh >= 4

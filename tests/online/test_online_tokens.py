@@ -95,3 +95,44 @@ def test_rendering_the_chat_again_would_not_give_the_sampled_ids():
     conversation = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": sampled}]
     rendered = tok.apply_chat_template(conversation, tokenize=False)
     assert sampled not in rendered and sampled.strip() in rendered
+
+
+def test_fresh_turns_are_sampled_from_the_question_and_trained_after_the_history():
+    """`online.context: fresh`: after a wrong turn the candidates' recorded prompt is the question alone,
+    and their rows hold the history's prompt (rendered, as no sampler saw it) before the sampled ids."""
+    from riselm.generation.base import prompt_ids
+    from riselm.online.batch import OnlineError
+
+    tok = chatml()
+    model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
+    sampler = HFGenerator(model, tok, batch_size=8)
+    spec = RolloutSpec(
+        mode="online",
+        turns=3,
+        stop_when_correct=False,
+        episodes_per_problem=2,
+        keep_candidates=True,
+        sampling=SamplingSettings(temperature=1.0, max_new_tokens=8),
+        seed=1,
+    )
+    schedule = [Step(sampler), Step(sampler, n=2, context="fresh")]
+    episodes = rollout(ToyTask(), toy_problems(2), schedule, spec, show_progress=False)
+    fresh = [(e, t) for e in episodes for t, turn in enumerate(e.turns) if turn.context == "fresh"]
+    assert len(fresh) >= 4  # the untrained model's turns are wrong, so its later turns are fresh
+    question = {e.id: prompt_ids(tok, e.messages(upto=0)) for e in episodes}
+    for e, t in fresh:
+        assert list(e.turns[t].prompt_ids) == question[e.id]
+
+    def history_ids(episode, t):
+        return prompt_ids(tok, episode.messages(upto=t))
+
+    rows = action_rows([episodes[:2], episodes[2:]], CreditSettings(), history_ids=history_ids)
+    for e, t in fresh:
+        history = tuple(history_ids(e, t))
+        assert len(history) > len(question[e.id])  # the failed attempt and the retry message are in it
+        ids = {c.token_ids for c in e.turns[t].candidates}
+        trained = [r for r in rows if r.turn == t and r.action_ids in ids and r.prompt_ids == history]
+        assert len(trained) == len(e.turns[t].candidates)
+    assert not any(r.turn > 0 and r.prompt_ids in question.values() for r in rows)
+    with pytest.raises(OnlineError, match="sampled fresh"):
+        action_rows([episodes[:2], episodes[2:]], CreditSettings())
