@@ -20,21 +20,28 @@ def llama3():
     return llama3_tokenizer(eos_is_eot=True)
 
 
-@pytest.mark.parametrize("make_tokenizer", [chatml, llama3], ids=["chatml", "llama3"])
-def test_rows_are_the_prompt_ids_and_the_sampled_ids(make_tokenizer):
-    tok = make_tokenizer()
+def rolled_out(tok, turns: int, temperature: float, max_new_tokens: int, context: str = "history"):
+    """A tiny model and its online rollout of 2 toy problems x 2 episodes (kept candidates): turn 1
+    alone, then 2 candidates a turn, sampled with the history or fresh."""
     model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
-    generator = HFGenerator(model, tok, batch_size=8)
+    sampler = HFGenerator(model, tok, batch_size=8)
     spec = RolloutSpec(
         mode="online",
-        turns=3,
+        turns=turns,
         stop_when_correct=False,
         episodes_per_problem=2,
         keep_candidates=True,
-        sampling=SamplingSettings(temperature=0, max_new_tokens=12),
+        sampling=SamplingSettings(temperature=temperature, max_new_tokens=max_new_tokens),
         seed=1,
     )
-    episodes = rollout(ToyTask(), toy_problems(2), [Step(generator), Step(generator, n=2)], spec, show_progress=False)
+    schedule = [Step(sampler), Step(sampler, n=2, context=context)]
+    return model, rollout(ToyTask(), toy_problems(2), schedule, spec, show_progress=False)
+
+
+@pytest.mark.parametrize("make_tokenizer", [chatml, llama3], ids=["chatml", "llama3"])
+def test_rows_are_the_prompt_ids_and_the_sampled_ids(make_tokenizer):
+    tok = make_tokenizer()
+    model, episodes = rolled_out(tok, turns=3, temperature=0, max_new_tokens=12)
     rows = action_rows([episodes[:2], episodes[2:]], CreditSettings())
     assert len(rows) == 2 * 2 * (1 + 2 + 2)  # per episode: turn 1 alone, turns 2 and 3 with two candidates
     for episode in episodes:
@@ -65,18 +72,7 @@ def test_rows_carry_the_log_probs_the_sampler_drew_their_tokens_with():
     from riselm.online.loss import token_logprobs
 
     tok = chatml()
-    model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
-    sampler = HFGenerator(model, tok, batch_size=8)
-    spec = RolloutSpec(
-        mode="online",
-        turns=2,
-        stop_when_correct=False,
-        episodes_per_problem=2,
-        keep_candidates=True,
-        sampling=SamplingSettings(temperature=0.8, max_new_tokens=8),
-        seed=1,
-    )
-    episodes = rollout(ToyTask(), toy_problems(2), [Step(sampler), Step(sampler, n=2)], spec, show_progress=False)
+    model, episodes = rolled_out(tok, turns=2, temperature=0.8, max_new_tokens=8)
     rows = action_rows([episodes[:2], episodes[2:]], CreditSettings())
     assert len(rows) == 2 * 2 * (1 + 2) and all(r.logprobs is not None for r in rows)
     batch = collate(rows, pad_id=tok.pad_token_id)
@@ -104,19 +100,7 @@ def test_fresh_turns_are_sampled_from_the_question_and_trained_after_the_history
     from riselm.online.batch import OnlineError
 
     tok = chatml()
-    model = build_tiny_model(tok, arch="llama", hidden_size=32, num_layers=2, num_heads=2, seed=3)
-    sampler = HFGenerator(model, tok, batch_size=8)
-    spec = RolloutSpec(
-        mode="online",
-        turns=3,
-        stop_when_correct=False,
-        episodes_per_problem=2,
-        keep_candidates=True,
-        sampling=SamplingSettings(temperature=1.0, max_new_tokens=8),
-        seed=1,
-    )
-    schedule = [Step(sampler), Step(sampler, n=2, context="fresh")]
-    episodes = rollout(ToyTask(), toy_problems(2), schedule, spec, show_progress=False)
+    _, episodes = rolled_out(tok, turns=3, temperature=1.0, max_new_tokens=8, context="fresh")
     fresh = [(e, t) for e in episodes for t, turn in enumerate(e.turns) if turn.context == "fresh"]
     assert len(fresh) >= 4  # the untrained model's turns are wrong, so its later turns are fresh
     question = {e.id: prompt_ids(tok, e.messages(upto=0)) for e in episodes}
