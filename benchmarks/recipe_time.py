@@ -112,12 +112,14 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished riselm run directory (it holds summary.json)")
     parser.add_argument("--output", type=Path, help="append the report to this markdown file")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON as the last line")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not RunLayout(args.run).summary().is_file():  # a run still going, or not a run: nothing timed to read
+        parser.error(f"{args.run}: no summary.json; expected the directory of a finished riselm run")
     result = measure(args.run)
     text = report(result)
     print(text)

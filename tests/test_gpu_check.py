@@ -1,19 +1,13 @@
 """benchmarks/gpu_check.py runs end to end (tiny shapes on CPU) and its MFU is the FLOPs it states over time."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).parent.parent
+from tests.bench import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def test_tiny_shapes_on_cpu_write_the_table(gpu_check, tmp_path):

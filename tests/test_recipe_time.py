@@ -1,8 +1,6 @@
 """benchmarks/recipe_time.py on a finished tiny run: each step's recorded seconds, its work, its bound."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,17 +8,13 @@ from riselm.hardware import bound_tokens_per_s
 from riselm.jsonl import read_jsonl
 from riselm.run.demo import prepare_demo
 from riselm.run.pipeline import run_pipeline
+from tests.bench import load_benchmark
 from tests.test_pipeline import TINY
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
 def recipe_time():
-    spec = importlib.util.spec_from_file_location("recipe_time", ROOT / "benchmarks" / "recipe_time.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("recipe_time")
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +84,11 @@ def test_the_bound_is_the_tokens_over_the_bound_rate_and_the_total_adds_up(measu
     text = recipe_time.report(result)
     wall = sum(s["seconds"] for s in result["steps"]) / 60
     assert f"| **all** | | | | **{wall:.1f}** |" in text
+
+
+def test_a_folder_that_is_not_a_finished_run_is_a_one_line_error(tmp_path, recipe_time, capsys):
+    (tmp_path / "config.yaml").write_text("method: rise\n")  # started, never finished
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_time.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path}: no summary.json" in capsys.readouterr().err

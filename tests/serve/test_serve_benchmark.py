@@ -1,28 +1,18 @@
 """benchmarks/serve_throughput.py against a running OpenAI-compatible server (--backend-url): the server's own
 single-turn answers and riselm serve as a proxy in front of it, through real servers on localhost."""
 
-import importlib.util
 import json
 import re
 import sys
-from pathlib import Path
 
 from riselm.generation.fake import ScriptedGenerator
 from riselm.serve import ServeSettings, create_app
 from riselm.tasks import get_task
-
-ROOT = Path(__file__).parents[2]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("serve_throughput", ROOT / "benchmarks" / "serve_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench import load_benchmark
 
 
 def test_backend_url_measures_the_server_and_the_proxy_in_front_of_it(monkeypatch, capsys, tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("serve_throughput")
 
     def script(conversation, sample):  # right exactly when the first operand is even, whatever the seed
         a, b = map(int, re.search(r"(\d+)\+(\d+)", conversation[0]["content"]).groups())
