@@ -4,7 +4,9 @@ Both train the same randomly initialised tiny Llama on the same samples (GSM8K t
 with their gold solutions, half of them after a wrong first attempt and a retry message), with the
 same batches in the same order and the same trained tokens. "plain" is a stock transformers Trainer
 whose loss is the model's own causal-LM loss (token mean over the trained tokens); "weighted" is
-`WeightedTrainer` (per-sample mean CE × weight, mean over samples), padded and packed.
+`WeightedTrainer` (per-sample mean CE × weight, mean over samples, logits for the trained positions
+only), padded and packed. `--model smollm2` trains the real model instead, whose 49k-token head makes
+the logits matter.
 The runs alternate (plain, weighted, packed, plain, …) so load on a shared machine hits all alike;
 each figure is the median over repeats of tokens / seconds of the timed steps (the first steps of
 every run warm up and are not timed). Tokens are the non-padding input tokens.
@@ -33,7 +35,7 @@ from transformers import Trainer, TrainerCallback
 from riselm import hardware
 from riselm.hardware import bound_tokens_per_s
 from riselm.jsonl import read_json_or_jsonl
-from riselm.models import build_char_tokenizer, build_tiny_model
+from riselm.models import build_char_tokenizer, build_tiny_model, load_model_and_tokenizer
 from riselm.settings import TrainSettings
 from riselm.training.samples import TrainingSample, reward_weight
 from riselm.training.tokenize import WeightedCollator, tokenize_samples
@@ -109,10 +111,17 @@ class TokenCount:
         return self.collator(rows)
 
 
+def make_model(opts, tokenizer):
+    """A fresh model for one run: the random tiny Llama, or `--model` (loaded anew, so every run starts alike)."""
+    if opts.model:
+        return load_model_and_tokenizer(opts.model)[0]
+    return build_tiny_model(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0)
+
+
 def run_once(kind: str, tokenizer, rows, opts, out_dir: str) -> tuple[float, float]:
     """Tokens per wall second and per CPU second of one run of `kind` ("plain", "weighted", "weighted-packed",
     "weighted-bf16": bf16 autocast with float32 master weights)."""
-    model = build_tiny_model(tokenizer, hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0)
+    model = make_model(opts, tokenizer)
     config = TrainSettings(
         batch_size=opts.micro_batch,
         grad_accum=1,
@@ -150,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--model", default=None, help="a real model instead of the tiny Llama (e.g. smollm2: its 49k vocabulary)")
+    parser.add_argument("--kinds", default="plain,weighted,weighted-packed,weighted-bf16", help="the trainers to compare, comma-separated")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     opts = parser.parse_args(argv)
@@ -158,9 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     if opts.threads:
         torch.set_num_threads(opts.threads)
 
-    tokenizer = build_char_tokenizer()
+    tokenizer = load_model_and_tokenizer(opts.model)[1] if opts.model else build_char_tokenizer()
     rows = tokenize_samples(tokenizer, gsm8k_samples(opts.samples), opts.max_length)
-    kinds = ["plain", "weighted", "weighted-packed", "weighted-bf16"]
+    kinds = opts.kinds.split(",")
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,12 +198,8 @@ def write_results(opts, argv, results, rows, loads) -> None:
         "| trainer | tokens/s (wall) | vs plain | of bound | tokens per CPU-second | vs plain | runs, wall tokens/s |",
         "|---|---|---|---|---|---|---|",
     ]
-    parameters = sum(
-        w.numel()
-        for w in build_tiny_model(
-            build_char_tokenizer(), hidden_size=opts.hidden, num_layers=opts.layers, num_heads=opts.heads, seed=0
-        ).parameters()
-    )
+    model = make_model(opts, build_char_tokenizer())
+    parameters = sum(w.numel() for w in model.parameters())
     for kind, runs in results.items():
         wall, cpu = median(kind, 0), median(kind, 1)
         bound = bound_tokens_per_s(parameters, "bf16" if kind == "weighted-bf16" else "fp32", "train")
@@ -205,8 +212,13 @@ def write_results(opts, argv, results, rows, loads) -> None:
         "Medians over the repeats. Tokens are non-padding input tokens. CPU-seconds are the process's own CPU time,",
         "which other jobs on a shared machine do not inflate; on a GPU, read the wall column.",
         "",
-        f"- Model: random tiny Llama, hidden {opts.hidden}, {opts.layers} layers, {opts.heads} heads, "
-        f"char tokenizer (vocab {len(build_char_tokenizer())}), fp32, sdpa attention, no gradient checkpointing, AdamW.",
+        (
+            f"- Model: {opts.model} ({type(model).__name__}, vocab {model.config.vocab_size}), "
+            if opts.model
+            else f"- Model: random tiny Llama, hidden {opts.hidden}, {opts.layers} layers, {opts.heads} heads, "
+            f"char tokenizer (vocab {len(build_char_tokenizer())}), "
+        )
+        + "fp32, sdpa attention, no gradient checkpointing, AdamW.",
         f"- Data: {len(rows)} GSM8K train samples (half after a wrong attempt), {min(lengths)}–{max(lengths)} tokens, "
         f"mean {statistics.mean(lengths):.0f}; micro-batch {opts.micro_batch}, no accumulation; "
         f"{opts.warmup} warm-up + {opts.steps} timed steps per run, {opts.repeats} interleaved repeats.",
@@ -219,7 +231,8 @@ def write_results(opts, argv, results, rows, loads) -> None:
             else "."
         ),
         "- plain = stock `transformers.Trainer`, the model's own loss over the same trained tokens; "
-        "weighted = `WeightedTrainer`; weighted-packed = the same with padding-free packed batches; "
+        "weighted = `WeightedTrainer` (its output head projects only the trained positions, plain's every position); "
+        "weighted-packed = the same with padding-free packed batches; "
         "weighted-bf16 = `WeightedTrainer` with `train.precision: bf16` (autocast, float32 master weights).",
         f"- Bound: {parameters:,} parameters, 6 FLOP a parameter a token (forward and backward), at the measured 1024² "
         f"matrix-product rate of the same threads: fp32 {hardware.matmul_flops('fp32') / 1e9:.0f}, "

@@ -157,7 +157,8 @@ def summed_nll(model, rows: Sequence[dict[str, list[int]]], batch_size: int, pad
     """(sum of the NLL of every labelled token, their number): right-padded batches, sorted by length."""
     import torch
 
-    from riselm.training.tokenize import IGNORE_INDEX
+    from riselm.training.tokenize import IGNORE_INDEX, predicting_positions
+    from riselm.training.trainer import head_on_positions
 
     device = next(model.parameters()).device
     ordered = sorted(rows, key=lambda r: len(r["input_ids"]))  # little padding per batch
@@ -172,12 +173,12 @@ def summed_nll(model, rows: Sequence[dict[str, list[int]]], batch_size: int, pad
             for i, r in enumerate(batch):
                 n = len(r["input_ids"])
                 ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
-            targets = labels[:, 1:].to(device)  # token t is predicted from the logits at t-1
-            keep = targets != IGNORE_INDEX
-            nll = torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
-            total += float(nll)
-            count += int(keep.sum())
+            positions = predicting_positions(labels).to(device)
+            with head_on_positions(model, positions):  # logits for the scored tokens only
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            targets = labels[:, 1:].to(device)[positions[:, :-1]]
+            total += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+            count += len(targets)
     return total, count
 
 

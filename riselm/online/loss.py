@@ -101,10 +101,17 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
     batch, length, vocab = logits.shape
     # Position l's logits score token l+1; the last position's target is a dummy (dropped below), so
     # the logits are used as a [B·L, V] view rather than sliced and copied.
-    targets = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1).reshape(-1).long()
-    flat = _SelectedLogProb.apply(logits.reshape(-1, vocab), targets, temperature, _chunk_rows(vocab, chunk_size))
+    targets = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1).reshape(-1)
+    flat = selected_logprobs(logits.reshape(-1, vocab), targets, temperature, chunk_size)
     next_token = flat.view(batch, length)[:, :-1]
     return torch.cat([next_token.new_zeros(batch, 1), next_token], dim=1)
+
+
+def selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+    """log softmax(logits / temperature)[targets], row by row: logits [N, V], targets [N] -> [N].
+
+    Differentiable, in float32 chunks like `token_logprobs` (which is this over every position)."""
+    return _SelectedLogProb.apply(logits, targets.long(), temperature, _chunk_rows(logits.shape[-1], chunk_size))
 
 
 @torch.no_grad()
@@ -115,15 +122,20 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk_size: in
     gets 0.
     """
     batch, length, vocab = logits.shape
-    flat = logits.reshape(-1, vocab)
-    dtype = _compute_dtype(logits.dtype)
-    out = torch.empty(flat.shape[0], dtype=dtype, device=logits.device)
-    rows = _chunk_rows(vocab, chunk_size)
-    for start in range(0, flat.shape[0], rows):
-        log_p = torch.log_softmax(flat[start : start + rows].to(dtype) / temperature, dim=-1)
-        out[start : start + rows] = -(log_p.exp() * log_p).sum(-1)
-    previous = out.view(batch, length)[:, :-1]
+    previous = row_entropy(logits.reshape(-1, vocab), temperature, chunk_size).view(batch, length)[:, :-1]
     return torch.cat([previous.new_zeros(batch, 1), previous], dim=1)
+
+
+@torch.no_grad()
+def row_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) for each row of logits [N, V]: [N], in float32 chunks."""
+    dtype = _compute_dtype(logits.dtype)
+    out = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)
+    rows = _chunk_rows(logits.shape[-1], chunk_size)
+    for start in range(0, logits.shape[0], rows):
+        log_p = torch.log_softmax(logits[start : start + rows].to(dtype) / temperature, dim=-1)
+        out[start : start + rows] = -(log_p.exp() * log_p).sum(-1)
+    return out
 
 
 def per_token_advantages(

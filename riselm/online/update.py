@@ -25,8 +25,9 @@ from collections.abc import Sequence
 import torch
 
 from riselm.online.batch import ActionRow, OnlineError, RowBatch, collate
-from riselm.online.loss import awr_loss, k3_kl, per_token_advantages, policy_loss, token_entropy, token_logprobs
+from riselm.online.loss import awr_loss, k3_kl, per_token_advantages, policy_loss, row_entropy, selected_logprobs
 from riselm.settings import OnlineSettings
+from riselm.training.trainer import head_on_positions
 
 
 class PolicyUpdater:
@@ -111,8 +112,7 @@ class PolicyUpdater:
     @torch.no_grad()
     def _no_update(self, rows: Sequence[ActionRow], sample: RowBatch, step: int) -> dict[str, float]:
         """The statistics of a step without any gradient: entropy and KL measured on `sample`."""
-        logits = self.model(input_ids=sample.input_ids, attention_mask=sample.attention_mask, use_cache=False).logits
-        logprobs = token_logprobs(logits, sample.input_ids, self.temperature)
+        logprobs, logits = self._forward(self.model, sample)
         ref_lp = self._logprobs(self.reference, sample) if self.reference is not None else None
         stats = self._monitor(logits, logprobs, sample, ref_lp)
         out = {key.removesuffix("_sum"): value / max(sample.action_tokens, 1) for key, value in stats.items()}
@@ -142,8 +142,7 @@ class PolicyUpdater:
 
     def _backward(self, batch: RowBatch, ref_lp, normalizer: float, step: int, monitor: bool) -> dict[str, float]:
         s = self.settings
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        logprobs = token_logprobs(logits, batch.input_ids, self.temperature)
+        logprobs, logits = self._forward(self.model, batch)
         if s.objective == "pg":
             assert batch.old_logprobs is not None  # update() checked that every pg row has the sampler's log-probs
             advantages = per_token_advantages(batch.advantages, batch.turn_ids)
@@ -183,14 +182,31 @@ class PolicyUpdater:
         return stats
 
     def _monitor(self, logits: torch.Tensor, logprobs: torch.Tensor, batch: RowBatch, ref_lp) -> dict[str, float]:
-        """Sums over the batch's action tokens of the entropy and (with a reference) the k3 KL estimate."""
+        """Sums over the batch's action tokens of the entropy and (with a reference) the k3 KL estimate.
+
+        `logits` are the action tokens' [N, V] (`_forward`)."""
         mask = batch.action_mask
-        stats = {"entropy_sum": float(token_entropy(logits, self.temperature)[mask].sum())}
+        stats = {"entropy_sum": float(row_entropy(logits, self.temperature).sum())}
         if ref_lp is not None:
             stats["kl_sum"] = float(k3_kl(logprobs, ref_lp, mask)[mask].sum())
         return stats
 
     @torch.no_grad()
     def _logprobs(self, model, batch: RowBatch) -> torch.Tensor:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        return token_logprobs(logits, batch.input_ids, self.temperature)
+        return self._forward(model, batch)[0]
+
+    def _forward(self, model, batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-prob of each action token, [B, L] aligned like `token_logprobs` (0 off the actions),
+        and the logits [N, V] that scored the N action tokens, in the batch's row-major order.
+
+        Only the positions that predict an action token go through the output head (the prompts and
+        the retry messages need no logits)."""
+        mask = batch.action_mask
+        predicting = torch.zeros_like(mask)
+        predicting[:, :-1] = mask[:, 1:]  # position l predicts token l + 1
+        with head_on_positions(model, predicting):
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        scored = selected_logprobs(logits, batch.input_ids[mask], self.temperature)
+        # row-major order: the positions predicting[b, l] and the action tokens mask[b, l + 1] pair up one to one
+        logprobs = torch.zeros(mask.shape, dtype=scored.dtype, device=scored.device).masked_scatter(mask, scored)
+        return logprobs, logits

@@ -13,10 +13,13 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from riselm.generation.base import Conversation
 from riselm.training.samples import TrainingSample
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,15 @@ IGNORE_INDEX = -100  # label of a token that is not trained on (PyTorch cross-en
 
 # Stands in for the final response when rendering, to find where the template puts it.
 _RESPONSE_MARKER = "\u2063RISELM-RESPONSE-MARKER\u2063"
+
+
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions [B, L] whose logits a loss needs: position p predicts token p + 1, so p counts when p + 1 is trained."""
+    import torch
+
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return positions
 
 
 class TemplateError(ValueError):

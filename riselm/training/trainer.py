@@ -3,7 +3,9 @@
 Loss (spec §3): each sample's loss is the mean token cross-entropy over its trained tokens, times
 the sample's weight; the batch loss is the mean over samples. Weights are not normalised, as in the
 reference. With gradient accumulation (and several processes) the mean runs over every sample of the
-optimizer step, so micro-batch 4 × accumulation 16 gives the same update as one batch of 64.
+optimizer step, so micro-batch 4 × accumulation 16 gives the same update as one batch of 64. Only
+the positions that predict a trained token go through the output head (`head_on_positions`): prompts,
+earlier turns and padding get no logits.
 
 `train_weighted` is the one-call entry: model (or path), samples, output dir and `TrainSettings`
 (riselm.settings); it resumes from the last checkpoint in the output dir and saves the final model and
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -34,7 +37,7 @@ from riselm.hardware import resolve_precision
 from riselm.rundir import FINAL, FINAL_PARTIAL, TRAIN_CONFIG
 from riselm.settings import LoraSettings, SamplesSettings, TrainSettings
 from riselm.training.samples import EPISODE_WINDOW, TrainingSample, load_training_samples
-from riselm.training.tokenize import IGNORE_INDEX, EpisodeOrder, WeightedCollator, tokenize_samples
+from riselm.training.tokenize import EpisodeOrder, WeightedCollator, predicting_positions, tokenize_samples
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +64,11 @@ class WeightedTrainer(Trainer):
         labels = inputs.pop("labels")
         sample_index = inputs.pop("sample_index")
         weights = inputs.pop("sample_weights")
-        outputs = model(**inputs, use_cache=False)
-        per_sample = per_sample_mean_ce(outputs.logits, labels, sample_index, len(weights))
+        positions = predicting_positions(labels)
+        with head_on_positions(self.accelerator.unwrap_model(model), positions):
+            outputs = model(**inputs, use_cache=False)
+        trained = positions[:, :-1]  # over the tokens 1..L-1: the trained ones, in the same order
+        per_sample = per_sample_mean_ce(outputs.logits, labels[:, 1:][trained], sample_index[:, 1:][trained], len(weights))
         weighted_sum = (per_sample * weights.to(per_sample.dtype)).sum()
         if num_items_in_batch is None:  # called on its own: this batch is the whole step
             loss = weighted_sum / len(weights)
@@ -80,18 +86,43 @@ class WeightedTrainer(Trainer):
         return count
 
 
-def per_sample_mean_ce(logits: torch.Tensor, labels: torch.Tensor, sample_index: torch.Tensor, num_samples: int) -> torch.Tensor:
+@contextmanager
+def head_on_positions(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[None]:
+    """While inside, the model's output head projects only `positions` ([B, L] bool) to the vocabulary.
+
+    A causal LM's forward returns logits for every position, padding and prompt included, but the loss
+    needs only the trained ones. For a 49k-token vocabulary the head is a fifth of a 135M model's
+    FLOPs and its [B, L, V] float logits the largest tensor of a step, so the head's input [B, L, H] is
+    cut to the N selected rows [N, H] on the way in, and the model returns logits [N, V]. A hook on
+    the head, not a call to the decoder underneath, so DDP, FSDP, DeepSpeed and PEFT wrappers still
+    run their own forward.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings: the trainer needs a causal LM with an output head")
+
+    def select(_module, args):
+        return (args[0][positions], *args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def per_sample_mean_ce(token_logits: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Mean next-token cross-entropy over each sample's trained tokens: a tensor of `num_samples` values.
 
-    Works on padded batches ([B, L], one sample per row) and packed ones ([1, T], several samples per
-    row) alike, since `sample_index` says which sample every position belongs to. Only trained
-    positions are projected to float32, so the cost stays close to the model's own loss.
+    `token_logits` [N, V] are the trained positions' logits, `targets` [N] the tokens they predict
+    and `owner` [N] the sample each belongs to, so padded batches ([B, L], one sample per row) and
+    packed ones ([1, T], several samples per row) are alike. Logits are cast to float32 here, for the
+    trained positions only.
     """
-    labels = labels[:, 1:]
-    trained = labels != IGNORE_INDEX
-    token_logits = logits[:, :-1][trained].float()
-    token_ce = F.cross_entropy(token_logits, labels[trained], reduction="none")
-    owner = sample_index[:, 1:][trained]
+    if token_logits.dim() != 2 or token_logits.shape[0] != targets.shape[0]:
+        shape = tuple(token_logits.shape)
+        raise ValueError(f"expected logits for the {targets.shape[0]} trained positions, got {shape}: the model reshapes its head's output")
+    token_ce = F.cross_entropy(token_logits.float(), targets, reduction="none")
     sums = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(0, owner, token_ce)
     counts = torch.zeros(num_samples, device=token_ce.device, dtype=token_ce.dtype).index_add(0, owner, torch.ones_like(token_ce))
     return sums / counts.clamp(min=1)

@@ -22,7 +22,7 @@ from riselm.generation.base import SamplingParams
 from riselm.generation.hf import HFGenerator
 from riselm.models import build_char_tokenizer, build_tiny_model
 from riselm.online.batch import ActionRow, OnlineError, collate
-from riselm.online.loss import token_logprobs
+from riselm.online.loss import token_entropy, token_logprobs
 from riselm.online.update import PolicyUpdater
 from riselm.settings import OnlineSettings
 
@@ -258,6 +258,19 @@ def test_kl_is_zero_before_the_first_update_and_grows_after(model_and_rows):
     first = updater.step(rows, step=1)
     second = updater.step(rows, step=2)
     assert first["kl"] == pytest.approx(0.0, abs=1e-7) and second["kl"] > 1e-6
+
+
+def test_the_entropy_statistic_is_the_mean_over_action_tokens_before_the_update(model_and_rows):
+    """Only the action positions reach the output head, and the reported entropy is theirs, from full logits."""
+    model, rows, pad = model_and_rows
+    batch = collate(rows, pad)
+    with torch.no_grad():
+        entropy = token_entropy(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[0]))
+    stats = PolicyUpdater(model, OnlineSettings(learning_rate=1e-2, minibatches=1), pad).step(rows, step=1)
+    assert seen and set(seen) == {batch.action_tokens}
+    assert stats["entropy"] == pytest.approx(float(entropy[batch.action_mask].mean()), rel=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["pg", "awr"])

@@ -175,6 +175,27 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(tmp_path, ch
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_the_head_projects_only_trained_positions_with_the_full_logits_gradient(tmp_path, char_tokenizer, pack):
+    """The output head sees one row per trained token, and the gradient is the one of the model's own loss."""
+    tok, samples = char_tokenizer, make_samples()
+    model = make_model(tok)
+    trainer = make_trainer(model, tmp_path, tok)
+    inputs = batch(tok, samples, pack=pack)
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
+    got = grads(trainer, model, inputs)
+    assert seen == [torch.Size([int((inputs["labels"][:, 1:] != -100).sum()), model.config.hidden_size])]
+    model.zero_grad()
+    expected = []
+    for row, sample in zip(tokenize_samples(tok, samples, 512), samples):  # full [1, L, V] logits, one row each
+        out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
+        expected.append(sample.weight * out.loss)
+    torch.stack(expected).mean().backward()
+    for a, b in zip(got, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_doubling_a_weight_doubles_that_samples_gradient(tmp_path, char_tokenizer):
     tok, samples = char_tokenizer, make_samples()[:2]
     model = make_model(tok)
