@@ -87,8 +87,8 @@ class WeightedTrainer(Trainer):
 
 
 @contextmanager
-def head_on_positions(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[None]:
-    """While inside, the model's output head projects only `positions` ([B, L] bool) to the vocabulary.
+def head_on_positions(model: Any, positions: torch.Tensor) -> Iterator[None]:
+    """While inside, the output head of `model` (a transformers or PEFT causal LM) projects only `positions` ([B, L] bool).
 
     A causal LM's forward returns logits for every position, padding and prompt included, but the loss
     needs only the trained ones. For a 49k-token vocabulary the head is a fifth of a 135M model's
