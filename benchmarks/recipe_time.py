@@ -11,6 +11,9 @@ others' lengths are not kept). Each step is stated against the bound of this mac
 matrix-product rate of the run's thread count over 6 (training) or 2 (generation) FLOP a parameter a
 token (riselm.hardware.bound_tokens_per_s), in float32 or bfloat16 as the run's precision resolves.
 Prompt tokens (prefill) and attention are not counted, so a generation step's fraction is a lower bound.
+Training counts the whole model, output head included, at every token (the usual 6·N a token of model
+FLOPs utilisation); the trainer runs the head on the trained positions only, so what it skips shows up
+as a higher fraction, not as less work.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from riselm.training.trainer import WeightedTrainer, training_arguments
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"
 RETRY = "Your answer is incorrect. Please try again."
+KINDS = ("plain", "weighted", "weighted-packed", "weighted-bf16")  # the trainers `run_once` knows
 
 
 def gsm8k_samples(n: int, seed: int = 0) -> list[TrainingSample]:
@@ -160,10 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--model", default=None, help="a real model instead of the tiny Llama (e.g. smollm2: its 49k vocabulary)")
-    parser.add_argument("--kinds", default="plain,weighted,weighted-packed,weighted-bf16", help="the trainers to compare, comma-separated")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="the trainers to compare, comma-separated")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     opts = parser.parse_args(argv)
+    kinds = opts.kinds.split(",")
+    if unknown := [k for k in kinds if k not in KINDS]:
+        parser.error(f"--kinds: unknown trainer(s) {', '.join(unknown)}; expected some of {', '.join(KINDS)}")
     if opts.quick:
         opts.steps, opts.samples, opts.max_length = 4, 48, 512
     if opts.threads:
@@ -171,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
 
     tokenizer = load_model_and_tokenizer(opts.model)[1] if opts.model else build_char_tokenizer()
     rows = tokenize_samples(tokenizer, gsm8k_samples(opts.samples), opts.max_length)
-    kinds = opts.kinds.split(",")
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
