@@ -38,7 +38,7 @@ _TRAIN_BOOKKEEPING = ("logging_steps", "save_steps", "save_total_limit", "report
 # between a run and its resume. (Training batch sizes do change what is trained, so they are content.)
 # Keyed by command: `eval`, `collect` and `train` by the keys of their settings model.
 NOT_CONTENT: dict[str, tuple[str, ...]] = {
-    "eval": ("chunk_size", "base"),
+    "eval": ("chunk_size", "base", "boost"),
     "collect": ("chunk_size",),
     "train": _TRAIN_BOOKKEEPING,
     "run": (
@@ -50,6 +50,7 @@ NOT_CONTENT: dict[str, tuple[str, ...]] = {
         "collect.chunk_size",
         "eval.chunk_size",
         "eval.base",
+        "eval.boost",
         "online.eval_every",
         "online.save_every",
         "online.report_to",
@@ -310,8 +311,8 @@ TREE = """\
       config.yaml           the validated config of the run
       summary.json|md|png   the paper's Table 1 across stages, with per-turn curves
       base/eval/            eval.base: the starting model's evaluation
-      boost/                collect/ (boost.wrong_attempts: own), samples.jsonl, train/ (checkpoints, train_config.json, final/), eval/
+      boost/                collect/ (boost.wrong_attempts: own), samples.jsonl, train/, eval/ (eval.boost)
       iter1/                collect/ (episodes.jsonl, DONE), samples.jsonl, train/, eval/
       online/               method online: metrics.jsonl, curves.png, tensorboard/, sync/, checkpoint-{N}/, eval-step{N}/, final/, eval/
       <stage>/eval/         episodes.sequential.jsonl, episodes.parallel.jsonl, metrics.json, report.md, accuracy.png
-      <stage>/train/        checkpoint-{N}/ while training, final.partial/ while saving, final/ when whole"""
+      <stage>/train/        checkpoint-{N}/ while training, final.partial/ while saving, final/ when whole, train_config.json"""

@@ -205,6 +205,7 @@ class EvalSettings(_Settings):
     # its own answer, then is asked to improve it using that feedback)
     feedback: Literal["retry", "self_refine"] = "retry"
     base: bool = False  # run config only: also evaluate the starting model
+    boost: bool = True  # run config only: evaluate the boosted model too (false: its time goes to the next stage's row)
 
 
 class CreditSettings(_Settings):

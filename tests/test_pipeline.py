@@ -105,6 +105,17 @@ def test_rerun_resumes_without_redoing_work(finished_run):
     assert stages[-1].parallel["samples"] == 2
 
 
+def test_an_unevaluated_boost_is_trained_and_timed_in_the_next_row(tmp_path):
+    cfg = prepare_demo(tmp_path, [*TINY, "eval.boost=false", "eval.turns=1", "eval.parallel_samples=0"])
+    stages = run_pipeline(cfg, show_progress=False)
+    assert [s.name for s in stages] == ["iter1"]
+    assert (tmp_path / "boost/train/final/config.json").exists() and not (tmp_path / "boost/eval").exists()
+    assert stages[0].model == str(tmp_path / "iter1/train/final")
+    assert list(stages[0].seconds) == ["boost", "collect", "train", "eval"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["iter1"] and "boost" in summary["stages"][0]["seconds"]
+
+
 def test_the_demo_starts_from_a_given_model(finished_run, tmp_path):
     out, _, _ = finished_run
     boosted = out / "boost" / "train" / "final"

@@ -62,15 +62,17 @@ def _run_stages(settings: RunSettings, show_progress: bool, current: distributed
     with Learner(settings.learner) as learner:
         if settings.eval.base:
             stages.append(evaluate_stage(run, learner, model, "base"))
+        boost_seconds: dict[str, float] = {}
         if settings.boost.enabled:
-            seconds: dict[str, float] = {}
-            with timed(seconds, "boost"):
+            with timed(boost_seconds, "boost"):
                 model = boost_stage(run, learner, model)
-            stages.append(evaluate_stage(run, learner, model, "boost", seconds))
-        if run.method.online:
-            stages += online(run, learner, model)
-        else:
-            stages += rise_iterations(run, learner, model)
+            if settings.eval.boost:
+                stages.append(evaluate_stage(run, learner, model, "boost", boost_seconds))
+                boost_seconds = {}
+        later = online(run, learner, model) if run.method.online else rise_iterations(run, learner, model)
+        if later and boost_seconds:  # an unevaluated boost's time is shown in the next stage's row
+            later[0].seconds = {**boost_seconds, **later[0].seconds}
+        stages += later
     if current.main:
         write_summary(run.layout, stages, title=f"{settings.method} on {run.task.name} ({settings.model})")
     return stages
