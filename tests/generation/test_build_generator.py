@@ -45,3 +45,30 @@ def test_one_default_batch_size_whichever_way_a_generator_is_built(tiny_model_di
     assert build_generator(str(tiny_model_dir)).batch_size == default
     assert build(GeneratorSettings(), str(tiny_model_dir)).batch_size == default
     assert HFGenerator(tiny_model, char_tokenizer).batch_size == default
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "cpu_flag", "gpu", "dtype"),
+    [
+        ("vllm", "auto", "avx512_bf16", False, "bfloat16"),  # native bf16 on this CPU: vLLM's CPU build in bf16
+        ("vllm", "auto", None, False, "float32"),  # emulated bf16 would be slower: float32
+        ("vllm", "fp32", "amx_bf16", False, "float32"),  # an explicit precision wins
+        ("vllm", "bf16", None, False, "bfloat16"),
+        ("vllm", "auto", None, True, None),  # on a GPU vLLM keeps the model's own dtype
+        ("hf", "auto", "avx512_bf16", False, "bfloat16"),
+        ("hf", "auto", None, False, "float32"),
+        ("openai", "bf16", "avx512_bf16", False, None),  # the server decides
+    ],
+)
+def test_the_generation_dtype_follows_the_learners_precision(monkeypatch, backend, precision, cpu_flag, gpu, dtype):
+    import torch
+
+    from riselm import generators, hardware
+    from riselm.generators import generation_dtype
+    from riselm.settings import GeneratorSettings
+
+    monkeypatch.setattr(hardware, "cpu_bf16_flag", lambda: cpu_flag)
+    monkeypatch.setattr(generators, "cuda_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert generation_dtype(GeneratorSettings(backend=backend, precision=precision), {}) == dtype
