@@ -8,11 +8,12 @@ Contenders, all running riselm's own collection loop on the same problems with t
   naive  one conversation and one sample at a time through HF `generate`, as the reference code does
   hf     riselm's HF backend: batched across conversations and samples, sorted by length, left padded
   hf_bf16  the same with the weights in bfloat16 (`learner.precision: bf16`)
-  vllm   riselm's vLLM backend (skipped, and said so, when vllm is not importable)
+  vllm   riselm's vLLM backend in float32 (skipped, and said so, when vllm is not importable)
+  vllm_bf16  the same in bfloat16 (what `learner.precision: auto` picks on a CPU with native bf16)
 Rollouts are sampled, so the contenders generate different numbers of tokens: the comparison is
 tokens/s (generated tokens over the generator's own wall time), also stated as a fraction of the
 compute bound at the contender's precision (riselm.hardware.bound_tokens_per_s: the measured
-matrix-product rate over 2 FLOP a parameter a token; vLLM and naive count as fp32). The last line printed is one JSON
+matrix-product rate over 2 FLOP a parameter a token; naive counts as fp32). The last line printed is one JSON
 object with each contender's tokens/s and the ratios hf_over_naive and vllm_over_naive.
 """
 
@@ -97,13 +98,16 @@ def run_contender(name, generator, task, problems, settings, n_improve, out_dir)
     }
 
 
-def run_in_other_python(args) -> dict:
-    """The vLLM contender alone on the same workload, run by `args.vllm_python`; its result dict."""
+VLLM_DTYPES = {"vllm": "float32", "vllm_bf16": "bfloat16"}  # the vLLM contenders and their weights' dtype
+
+
+def run_in_other_python(args, name: str) -> dict:
+    """The vLLM contender `name` alone on the same workload, run by `args.vllm_python`; its result dict."""
     command = [
         args.vllm_python,
         __file__,
         "--contenders",
-        "vllm",
+        name,
         "--result-line",
         "--model",
         args.model,
@@ -121,10 +125,10 @@ def run_in_other_python(args) -> dict:
     if args.threads:
         command += ["--threads", str(args.threads)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])["vllm"]
+    return json.loads(done.stdout.strip().splitlines()[-1])[name]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="any riselm model spec")
     ap.add_argument("--quick", action="store_true", help="8 problems, 2 turns, N=2, 80 tokens")
@@ -151,7 +155,10 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=None, help="append a markdown section with the results here")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-rollout"))
     ap.add_argument("--result-line", action="store_true", help=argparse.SUPPRESS)  # internal: print the raw results last
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    known = ["naive", "hf", "hf_bf16", *VLLM_DTYPES]
+    if unknown := [c for c in args.contenders.split(",") if c not in known]:
+        ap.error(f"--contenders: unknown contender(s) {', '.join(unknown)}; expected some of {', '.join(known)}")
     if args.quick:
         args.problems, args.turns, args.n, args.max_new_tokens = 8, 2, 2, 80
     if args.threads:
@@ -186,23 +193,24 @@ def main() -> None:
         gen = HFGenerator(copy.deepcopy(model).to(torch.bfloat16), tokenizer, batch_size=args.batch_size, name="hf_bf16")
         results["hf_bf16"] = run_contender("hf_bf16", gen, task, problems, settings, args.n, args.work)
         print("hf_bf16", results["hf_bf16"], flush=True)
-    if "vllm" in contenders and args.vllm_python:
-        results["vllm"] = run_in_other_python(args)
-        print("vllm", results["vllm"], flush=True)
-    elif "vllm" in contenders:
-        try:
-            from riselm.generation.vllm import VLLMGenerator
+    for name in [c for c in contenders if c in VLLM_DTYPES]:
+        if args.vllm_python:
+            results[name] = run_in_other_python(args, name)
+        else:
+            try:
+                from riselm.generation.vllm import VLLMGenerator
+                from riselm.models import resolve_model_dir
 
-            gen = VLLMGenerator(str(__import__("riselm.models").models.resolve_model_dir(args.model)), max_model_len=2048)
-            results["vllm"] = run_contender("vllm", gen, task, problems, settings, args.n, args.work)
-            print("vllm", results["vllm"], flush=True)
-        except ImportError as e:
-            results["vllm"] = {"skipped": f"vllm not importable: {e}"}
-            print("vllm skipped:", e, flush=True)
+                gen = VLLMGenerator(str(resolve_model_dir(args.model)), max_model_len=2048, dtype=VLLM_DTYPES[name])
+                results[name] = run_contender(name, gen, task, problems, settings, args.n, args.work)
+                gen.close()
+            except ImportError as e:
+                results[name] = {"skipped": f"vllm not importable: {e}"}
+        print(name, results[name], flush=True)
 
     for name, result in results.items():
         if parameters and "tokens_per_s" in result:
-            precision = "bf16" if name == "hf_bf16" else "fp32"
+            precision = "bf16" if name.endswith("_bf16") else "fp32"
             result["of_bound"] = round(result["tokens_per_s"] / hardware.bound_tokens_per_s(parameters, precision, "decode"), 4)
 
     def ratio(a):

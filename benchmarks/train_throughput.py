@@ -191,14 +191,16 @@ def write_results(opts, argv, results, rows, loads) -> None:
     def median(kind: str, i: int) -> float:
         return statistics.median(r[i] for r in results[kind])
 
+    baseline = next(iter(results))  # the first of --kinds: every other trainer is compared with it
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores visible)"
     lengths = [len(r["input_ids"]) for r in rows]
     lines = [
-        "# Training throughput: weighted trainer vs plain HF SFT",
+        f"## {time.strftime('%Y-%m-%d')} — {platform.machine()}, {os.cpu_count()} CPUs",
         "",
         f"Command: `python benchmarks/train_throughput.py {' '.join(argv)}`".rstrip(),
         "",
-        "| trainer | tokens/s (wall) | vs plain | of bound | tokens per CPU-second | vs plain | runs, wall tokens/s |",
+        f"| trainer | tokens/s (wall) | vs {baseline} | of bound | tokens per CPU-second | vs {baseline} | runs, wall tokens/s |",
         "|---|---|---|---|---|---|---|",
     ]
     model = make_model(opts, build_char_tokenizer())
@@ -207,8 +209,8 @@ def write_results(opts, argv, results, rows, loads) -> None:
         wall, cpu = median(kind, 0), median(kind, 1)
         bound = bound_tokens_per_s(parameters, "bf16" if kind == "weighted-bf16" else "fp32", "train")
         lines.append(
-            f"| {kind} | {wall:,.0f} | {100 * (wall / median('plain', 0) - 1):+.1f}% | {100 * wall / bound:.1f}% "
-            f"| {cpu:,.0f} | {100 * (cpu / median('plain', 1) - 1):+.1f}% | {', '.join(f'{w:,.0f}' for w, _ in runs)} |"
+            f"| {kind} | {wall:,.0f} | {100 * (wall / median(baseline, 0) - 1):+.1f}% | {100 * wall / bound:.1f}% "
+            f"| {cpu:,.0f} | {100 * (cpu / median(baseline, 1) - 1):+.1f}% | {', '.join(f'{w:,.0f}' for w, _ in runs)} |"
         )
     lines += [
         "",
@@ -248,7 +250,9 @@ def write_results(opts, argv, results, rows, loads) -> None:
         "",
     ]
     opts.output.parent.mkdir(parents=True, exist_ok=True)
-    opts.output.write_text("\n".join(lines))
+    fresh = not opts.output.exists()
+    with opts.output.open("a", encoding="utf-8") as f:  # a new section: earlier runs stay in the record
+        f.write(("# Training throughput: weighted trainer vs plain HF SFT\n\n" if fresh else "\n") + "\n".join(lines))
     print("\n".join(lines))
 
 
