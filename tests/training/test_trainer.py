@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from riselm.hardware import resolve_precision
 from riselm.models import build_tiny_model
 from riselm.rollout.episode import Episode, Turn
 from riselm.settings import LoraSettings, RunSettings, TrainSettings
@@ -59,6 +60,7 @@ def config(**overrides) -> TrainSettings:
         grad_accum=1,
         gradient_checkpointing=False,
         logging_steps=1,
+        precision="fp32",  # exact comparisons: bf16 (what auto picks on a CPU with AVX512-BF16) rounds
     )
     return TrainSettings(**{**base, **overrides})
 
@@ -350,7 +352,9 @@ def test_config_checks_and_run_config_sections():
         TrainSettings(learnin_rate=1e-5)
     args = training_arguments(TrainSettings(), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.learning_rate) == (8, 8, 1e-5)
-    assert args.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert args.bf16 == (resolve_precision("auto") == "bf16")  # auto: bf16 where the hardware has it natively
+    assert training_arguments(TrainSettings(precision="fp32"), "/tmp/unused").bf16 is False
+    assert training_arguments(TrainSettings(precision="bf16"), "/tmp/unused").bf16 is True
     # a run config's train: section, as YAML gives it, is TrainSettings
     section = {"learning_rate": 2e-5, "grad_accum": 2, "lora": {"r": 4, "alpha": 8}, "packing": True}
     for cfg in (RunSettings.model_validate({"train": section}).train, TrainSettings.model_validate(section)):
