@@ -202,8 +202,10 @@ def main(argv: list[str] | None = None) -> None:
                 from riselm.models import resolve_model_dir
 
                 gen = VLLMGenerator(str(resolve_model_dir(args.model)), max_model_len=2048, dtype=VLLM_DTYPES[name])
-                results[name] = run_contender(name, gen, task, problems, settings, args.n, args.work)
-                gen.close()
+                try:  # one engine at a time: the next contender starts its own
+                    results[name] = run_contender(name, gen, task, problems, settings, args.n, args.work)
+                finally:
+                    gen.close()
             except ImportError as e:
                 results[name] = {"skipped": f"vllm not importable: {e}"}
         print(name, results[name], flush=True)
