@@ -147,7 +147,15 @@ def test_run_into_a_finished_run_of_another_task_stops(tmp_path, tiny_model_dir)
     one_error(invoke("run", config, "task.name=gsm8k"), 'task.name="arithmetic"', 'task.name="gsm8k"')
     assert (tmp_path / "run" / "summary.json").read_text() == "{}"
     # settings that only change the speed or which stages are evaluated may differ, and more iterations extend the run
-    settings = load_config(config, ["threads=1", "learner.batch_size=7", "iterations=5", "distributed.processes=1", "eval.boost=false", "eval.base=true"])
+    speed_and_stages = [
+        "threads=1",
+        "learner.batch_size=7",
+        "iterations=5",
+        "distributed.processes=1",
+        "eval.boost=false",
+        "eval.base=true",
+    ]
+    settings = load_config(config, speed_and_stages)
     claim(tmp_path / "run", run_identity(settings))
 
 
